@@ -1,0 +1,15 @@
+"""rdfcil: a lab for data-free class-incremental learning (R-DFCIL, ECCV 2022, and baselines)."""
+
+__version__ = "0.1.0"
+
+from .config import Config, resolve  # noqa: E402
+from .errors import RdfcilError  # noqa: E402
+
+
+def run(config=None, resume: bool = True, force: bool = False):
+    """Run a configuration (a :class:`Config` or a dict of keys); see :func:`rdfcil.engine.run`."""
+    from .engine import run as _run
+    return _run(config, resume=resume, force=force)
+
+
+__all__ = ["Config", "RdfcilError", "resolve", "run", "__version__"]

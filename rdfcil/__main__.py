@@ -1,0 +1,121 @@
+"""Command line: ``python -m rdfcil run|list|bench-accuracy ...``.
+
+Any config key can be given as ``--key value`` (``--tasks 5``, ``--lr-incremental 0.01``);
+``--config file.yaml`` reads a file first; ``--preset quick|paper`` picks a budget.
+Errors print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ALIASES, DATASETS, FIELD_NAMES, METHODS, PRESETS, Config, canonical_key, resolve
+from .errors import RdfcilError
+
+
+def split_overrides(tokens: list[str]) -> dict:
+    """``['--tasks', '5', '--no-progress']`` -> ``{'num_tasks': '5', 'progress': 'false'}``."""
+    overrides, i = {}, 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise RdfcilError(f"unexpected argument '{token}'; options are written --key value")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif key.startswith("no-") and canonical_key(key[3:]) in ("progress", "refine", "local_ce", "augment"):
+            key, value = key[3:], "false"
+            i += 1
+        else:
+            if i + 1 >= len(tokens):
+                raise RdfcilError(f"option --{key} needs a value")
+            value = tokens[i + 1]
+            i += 2
+        overrides[canonical_key(key)] = value
+    return overrides
+
+
+def command_list() -> None:
+    from .data import SPECS
+    print("datasets:")
+    for name in DATASETS:
+        s = SPECS[name]
+        print(f"  {name:17s} {s.num_classes:4d} classes, {s.channels}x{s.image_size}x{s.image_size}")
+    print("methods:  " + ", ".join(METHODS))
+    print("presets:  " + ", ".join(PRESETS) + "  (paper: cifar100, tiny-imagenet200, imagenet100; "
+          "quick: digits, fashion-mnist)")
+    print("config keys (defaults):")
+    defaults = Config()
+    for name in FIELD_NAMES:
+        print(f"  --{name.replace('_', '-'):22s} {getattr(defaults, name)!r}")
+    print("aliases:  " + ", ".join(f"--{a} = --{b.replace('_', '-')}" for a, b in ALIASES.items()))
+
+
+def command_run(args, extra) -> None:
+    from .engine import run
+    config = resolve(split_overrides(extra), args.config)
+    results = run(config, resume=not args.no_resume, force=args.force)
+    print(f"{results.method} on {results.dataset}, {results.num_tasks} tasks, seed {results.seed}: "
+          f"final {results.final_accuracy:.2f} %, average incremental "
+          f"{results.average_incremental_accuracy:.2f} %  ({results.config['out']})")
+
+
+def command_bench_accuracy(args, extra) -> None:
+    from .bench import bench_accuracy
+    overrides = split_overrides(extra)
+    overrides.setdefault("preset", args.preset)
+    out = args.out or f"runs/bench-accuracy/{args.dataset}-{args.preset}"
+    methods = args.methods or list(METHODS)
+    for m in methods:
+        if m not in METHODS:
+            raise RdfcilError(f"unknown method '{m}'; valid methods: {', '.join(METHODS)}")
+    table, paths = bench_accuracy(args.dataset, args.seeds, out, methods, overrides, args.force)
+    print(table)
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m rdfcil", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run one configuration (any config key as --key value)")
+    r.add_argument("--config", help="a YAML file of config keys")
+    r.add_argument("--force", action="store_true", help="retrain even if the run folder holds a finished run")
+    r.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
+    r.add_argument("--resume", action="store_true", help="continue after the last finished task (default)")
+    sub.add_parser("list", help="datasets, methods, presets and config keys")
+    b = sub.add_parser("bench-accuracy", help="every method x seed on a dataset; a mean +- std table")
+    b.add_argument("--dataset", default="digits", choices=DATASETS)
+    b.add_argument("--preset", default="quick", choices=PRESETS)
+    b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    b.add_argument("--methods", nargs="+")
+    b.add_argument("--out")
+    b.add_argument("--force", action="store_true")
+    return top
+
+
+def main(argv=None) -> int:
+    args, extra = parser().parse_known_args(argv)
+    try:
+        if args.command == "list":
+            if extra:
+                raise RdfcilError(f"list takes no options, got {' '.join(extra)}")
+            command_list()
+        elif args.command == "run":
+            command_run(args, extra)
+        elif args.command == "bench-accuracy":
+            command_bench_accuracy(args, extra)
+    except RdfcilError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the finished tasks are saved in the run folder; run the same command "
+              "again to resume after the last finished task", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

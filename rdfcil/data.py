@@ -1,0 +1,489 @@
+"""Datasets, class orders, class-incremental splits and batches on the run's device.
+
+* A dataset is a :class:`DatasetSpec` (shape, normalisation, augmentation) plus a loader.
+* Small datasets (digits, fashion-mnist, cifar100) are uint8 tensors moved to the device once
+  and batched by slicing a device-side permutation, augmented on the device (airbench style).
+* Folder datasets (tiny-imagenet200, imagenet100) stream through a DataLoader with workers.
+* :func:`split_tasks` is a pure function: (labels, class order, tasks, first-task size) ->
+  labels remapped to the order and the label range of each task. No dataset is mutated to
+  change task; a task is a set of remapped labels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import RdfcilError
+
+PACKAGE_DIR = Path(__file__).parent
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    image_size: int
+    channels: int
+    num_classes: int
+    mean: tuple
+    std: tuple
+    crop_padding: int  # random crop with this zero padding (0: none)
+    flip: bool  # random horizontal flip
+    in_memory: bool
+
+
+SPECS = {
+    "digits": DatasetSpec("digits", 8, 1, 10, (0.3051,), (0.3741,), 0, False, True),
+    "fashion-mnist": DatasetSpec("fashion-mnist", 28, 1, 10, (0.2860,), (0.3530,), 2, True, True),
+    "cifar100": DatasetSpec("cifar100", 32, 3, 100, (0.5071, 0.4867, 0.4408),
+                            (0.2675, 0.2565, 0.2761), 4, True, True),
+    "tiny-imagenet200": DatasetSpec("tiny-imagenet200", 64, 3, 200, (0.4803, 0.4481, 0.3976),
+                                    (0.2764, 0.2688, 0.2816), 4, True, False),
+    "imagenet100": DatasetSpec("imagenet100", 224, 3, 100, (0.485, 0.456, 0.406),
+                               (0.229, 0.224, 0.225), 0, True, False),
+}
+
+
+# --------------------------------------------------------------------------- class orders
+
+def published_orders(dataset: str) -> list[list[int]]:
+    """The class orders of the published results (METHOD.md section 1), empty if none."""
+    orders = json.loads((PACKAGE_DIR / "class_orders.json").read_text())["orders"]
+    return orders.get(dataset, [])
+
+
+def class_order(dataset: str, num_classes: int, order) -> list[int]:
+    """Resolve ``order``: a list is taken as given; an int picks the i-th published order, or,
+    for datasets without published orders, seeds a permutation (0 is the identity)."""
+    if isinstance(order, (list, tuple)):
+        order = [int(c) for c in order]
+        if sorted(order) != list(range(num_classes)):
+            raise RdfcilError(f"class_order must be a permutation of 0..{num_classes - 1} "
+                              f"(each label once); got {len(order)} entries")
+        return order
+    if not isinstance(order, int) or order < 0:
+        raise RdfcilError(f"class_order must be a non-negative int or a list, got {order!r}")
+    published = published_orders(dataset)
+    if published:
+        if order >= len(published):
+            raise RdfcilError(f"{dataset} has {len(published)} published class orders; "
+                              f"class_order must be in 0..{len(published) - 1}, got {order}")
+        return list(published[order])
+    if order == 0:
+        return list(range(num_classes))
+    generator = torch.Generator().manual_seed(order)
+    return torch.randperm(num_classes, generator=generator).tolist()
+
+
+# --------------------------------------------------------------------------- splits
+
+def task_sizes(num_classes: int, num_tasks: int, first_task_classes: int | None) -> list[int]:
+    """Class counts per task: ``first`` then equal shares of the rest, e.g. 50 + 5 x 10."""
+    if num_tasks < 1:
+        raise RdfcilError(f"num_tasks must be at least 1, got {num_tasks}")
+    if first_task_classes is None:
+        if num_classes % num_tasks:
+            raise RdfcilError(f"{num_tasks} tasks do not divide {num_classes} classes; choose a "
+                              f"divisor of {num_classes} or set first_task_classes")
+        return [num_classes // num_tasks] * num_tasks
+    if not 0 < first_task_classes <= num_classes:
+        raise RdfcilError(f"first_task_classes must be in 1..{num_classes}, got {first_task_classes}")
+    rest = num_classes - first_task_classes
+    if num_tasks == 1:
+        if rest:
+            raise RdfcilError(f"one task must hold all {num_classes} classes, not {first_task_classes}")
+        return [num_classes]
+    if rest == 0 or rest % (num_tasks - 1):
+        raise RdfcilError(f"the {rest} classes after the first task do not split into "
+                          f"{num_tasks - 1} equal tasks; change num_tasks or first_task_classes")
+    return [first_task_classes] + [rest // (num_tasks - 1)] * (num_tasks - 1)
+
+
+def split_tasks(labels: torch.Tensor, order: Sequence[int], num_tasks: int,
+                first_task_classes: int | None = None) -> tuple[torch.Tensor, list[range]]:
+    """Remap ``labels`` so that ``order[i]`` becomes ``i``; cut the remapped labels into tasks.
+
+    Returns the remapped labels and, per task ``t``, the contiguous label range it owns.
+    """
+    num_classes = len(order)
+    sizes = task_sizes(num_classes, num_tasks, first_task_classes)
+    lookup = torch.full((max(int(labels.max()) + 1, num_classes),), -1, dtype=torch.long)
+    lookup[torch.as_tensor(order, dtype=torch.long)] = torch.arange(num_classes)
+    remapped = lookup[labels.long().cpu()]
+    if (remapped < 0).any():
+        raise RdfcilError("the data holds labels that are not in the class order")
+    bounds = np.cumsum([0] + sizes)
+    return remapped, [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# --------------------------------------------------------------------------- batches
+
+class TensorImages:
+    """Images as a uint8 tensor (N, C, H, W) on the device, with remapped labels.
+
+    Batches are index slices of a device-side permutation; augmentation (random crop with zero
+    padding, horizontal flip) runs on whole batches on the device; normalisation
+    ``(x / 255 - mean) / std`` happens last.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, device):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.spec = spec
+        self.device = torch.device(device)
+        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def indices(self, classes: range) -> torch.Tensor:
+        """Positions of the images whose label lies in ``classes``."""
+        mask = (self.labels >= classes.start) & (self.labels < classes.stop)
+        return mask.nonzero().flatten()
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
+                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator:
+        """Yield ``(x, y)`` float batches of the images in ``classes``."""
+        index = self.indices(classes)
+        if shuffle:
+            index = index[torch.randperm(len(index), generator=generator, device="cpu").to(self.device)]
+        stop = len(index) - (len(index) % batch_size if drop_last and len(index) > batch_size else 0)
+        for start in range(0, stop, batch_size):
+            chosen = index[start:start + batch_size]
+            images = self.images[chosen]
+            if augment:
+                images = augment_batch(images, self.spec.crop_padding, self.spec.flip, generator)
+            yield self.normalize(images), self.labels[chosen]
+
+    def num_batches(self, classes: range, batch_size: int, drop_last: bool = False) -> int:
+        n = len(self.indices(classes))
+        return n // batch_size if drop_last and n > batch_size else -(-n // batch_size)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space images back to [0, 1] (for figures)."""
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+
+def augment_batch(images: torch.Tensor, padding: int, flip: bool,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop of the zero-padded batch (shifts uniform in [-padding, padding] per axis) and
+    a horizontal flip with probability 1/2, per image, on the batch's device."""
+    n, _, h, w = images.shape
+    device = images.device
+    if padding:
+        padded = torch.nn.functional.pad(images, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        images = padded[torch.arange(n, device=device)[:, None, None, None],
+                        torch.arange(images.shape[1], device=device)[None, :, None, None], rows, cols]
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
+        images = torch.where(mask, images.flip(3), images)
+    return images
+
+
+class FolderImages:
+    """Image files (paths + remapped labels) streamed through a DataLoader with workers."""
+
+    def __init__(self, paths: list[str], labels: torch.Tensor, spec: DatasetSpec, device,
+                 train: bool, num_workers: int = 4):
+        self.paths = list(paths)
+        self.labels = labels.long()
+        self.spec = spec
+        self.device = torch.device(device)
+        self.train = train
+        self.num_workers = num_workers
+        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def indices(self, classes: range) -> torch.Tensor:
+        mask = (self.labels >= classes.start) & (self.labels < classes.stop)
+        return mask.nonzero().flatten()
+
+    def transform(self, augment: bool):
+        from torchvision import transforms as T
+        size = self.spec.image_size
+        if size >= 224:
+            steps = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if augment else \
+                [T.Resize(256), T.CenterCrop(size)]
+        else:
+            steps = [T.Resize((size, size))]
+            if augment:
+                steps += [T.RandomCrop(size, padding=self.spec.crop_padding), T.RandomHorizontalFlip()]
+        return T.Compose(steps + [T.PILToTensor()])
+
+    def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
+                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator:
+        subset = _FileDataset([self.paths[i] for i in self.indices(classes).tolist()],
+                              self.labels[self.indices(classes)], self.transform(augment))
+        loader = torch.utils.data.DataLoader(
+            subset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(subset) > batch_size,
+            num_workers=self.num_workers, generator=generator, pin_memory=self.device.type == "cuda",
+            persistent_workers=False)
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=True)
+            yield (images.float() / 255.0 - self.mean) / self.std, labels.to(self.device)
+
+    def num_batches(self, classes: range, batch_size: int, drop_last: bool = False) -> int:
+        n = len(self.indices(classes))
+        return n // batch_size if drop_last and n > batch_size else -(-n // batch_size)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        with Image.open(self.paths[i]) as image:
+            return self.transform(image.convert("RGB")), self.labels[i]
+
+
+# --------------------------------------------------------------------------- loaders
+
+def load_digits_arrays():
+    """scikit-learn's bundled 8x8 digits, 0..16 scaled to uint8; a fixed stratified 70/30 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(images, bunch.target, test_size=0.3,
+                                              stratify=bunch.target, random_state=0)
+    return torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te)
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (the MNIST format: magic, dims, big-endian sizes, uint8 data), .gz or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4:
+        raise RdfcilError(f"'{path}' is not an IDX file (too short)")
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise RdfcilError(f"'{path}' is not a uint8 IDX file (magic {zero:#x}, type {dtype:#x})")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise RdfcilError(f"'{path}' is truncated: expected {int(np.prod(shape))} values, found {body.size}")
+    return torch.from_numpy(body.reshape(shape).copy())
+
+
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def fashion_mnist_folder(root: Path, download: bool = True) -> Path:
+    """The first folder holding the four IDX files: <root>/fashion-mnist, the Debian package's
+    /usr/share/datasets/fashion-mnist, torchvision's <root>/FashionMNIST/raw, else download."""
+    candidates = [root / "fashion-mnist", SYSTEM_FASHION_MNIST, root / "FashionMNIST" / "raw"]
+    for folder in candidates:
+        if all(_find_idx(folder, stem) for stem in FASHION_FILES):
+            return folder
+    if download:
+        try:
+            from torchvision.datasets import FashionMNIST
+            FashionMNIST(str(root), train=True, download=True)
+            FashionMNIST(str(root), train=False, download=True)
+            return root / "FashionMNIST" / "raw"
+        except Exception:  # network closed: fall through to the one-line error
+            pass
+    raise RdfcilError(
+        f"Fashion-MNIST not found: expected {', '.join(s + '[.gz]' for s in FASHION_FILES)} in "
+        f"{root / 'fashion-mnist'} or {SYSTEM_FASHION_MNIST}, and the download failed; "
+        "install it with 'apt-get install dataset-fashion-mnist' or copy the IDX files there")
+
+
+def load_fashion_mnist_arrays(root: Path):
+    folder = fashion_mnist_folder(root)
+    x_tr, y_tr, x_te, y_te = (read_idx(_find_idx(folder, stem)) for stem in FASHION_FILES)
+    return x_tr[:, None], y_tr.long(), x_te[:, None], y_te.long()
+
+
+def _missing(dataset: str, path: Path, layout: str, how: str) -> RdfcilError:
+    return RdfcilError(f"{dataset}: missing '{path}'; expected layout {layout}; {how}")
+
+
+CIFAR_LAYOUT = "<data_root>/cifar100/cifar-100-python/{train,test} (torchvision's pickles)"
+
+
+def load_cifar100_arrays(root: Path, download: bool = True):
+    """torchvision's CIFAR-100 pickles under <root>/cifar100/cifar-100-python."""
+    folder = root / "cifar100" / "cifar-100-python"
+    if not (folder / "train").is_file() and download:
+        try:
+            from torchvision.datasets import CIFAR100
+            CIFAR100(str(root / "cifar100"), train=True, download=True)
+        except Exception:
+            pass
+    arrays = []
+    for split in ("train", "test"):
+        path = folder / split
+        if not path.is_file():
+            raise _missing("cifar100", path, CIFAR_LAYOUT,
+                           "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/ "
+                           "and unpack it there")
+        try:
+            with open(path, "rb") as handle:
+                entry = pickle.load(handle, encoding="bytes")
+            data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(entry[b"fine_labels"], dtype=np.int64)
+        except Exception as err:
+            raise RdfcilError(f"cifar100: '{path}' is not a CIFAR-100 pickle ({type(err).__name__})") from None
+        arrays += [torch.from_numpy(data.copy()), torch.from_numpy(labels)]
+    return tuple(arrays)
+
+
+TINY_LAYOUT = ("<data_root>/tiny-imagenet200/{wnids.txt, train/<wnid>/images/*.JPEG, "
+               "val/images/*.JPEG, val/val_annotations.txt}")
+
+
+def load_tiny_imagenet_lists(root: Path):
+    """The cs231n Tiny-ImageNet-200 tree: labels are line numbers in wnids.txt."""
+    base = root / "tiny-imagenet200"
+    how = "download tiny-imagenet-200.zip from http://cs231n.stanford.edu/ and unzip it as tiny-imagenet200"
+    for path in (base / "wnids.txt", base / "train", base / "val" / "val_annotations.txt"):
+        if not path.exists():
+            raise _missing("tiny-imagenet200", path, TINY_LAYOUT, how)
+    wnids = base.joinpath("wnids.txt").read_text().split()
+    label_of = {w: i for i, w in enumerate(wnids)}
+    train_paths, train_labels = [], []
+    for wnid in wnids:
+        folder = base / "train" / wnid / "images"
+        if not folder.is_dir():
+            raise _missing("tiny-imagenet200", folder, TINY_LAYOUT, how)
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        train_paths += [str(p) for p in files]
+        train_labels += [label_of[wnid]] * len(files)
+    val_paths, val_labels = [], []
+    for line in base.joinpath("val", "val_annotations.txt").read_text().splitlines():
+        if line.strip():
+            name, wnid = line.split("\t")[:2]
+            val_paths.append(str(base / "val" / "images" / name))
+            val_labels.append(label_of[wnid])
+    return train_paths, torch.tensor(train_labels), val_paths, torch.tensor(val_labels)
+
+
+IMAGENET_LAYOUT = ("<data_root>/imagenet100/{train/<wnid>/*.JPEG, val/<wnid>/*.JPEG, train_100.txt, "
+                   "val_100.txt} (the PODNet split: lines 'train/<wnid>/<file>.JPEG <label>')")
+
+
+def imagenet100_wnids() -> list[str]:
+    return (PACKAGE_DIR / "imagenet100_wnids.txt").read_text().split()
+
+
+def write_imagenet100_lists(base: Path) -> None:
+    """Rebuild train_100.txt / val_100.txt from the image folders and imagenet100_wnids.txt."""
+    from .io import atomic_write_text
+    for split in ("train", "val"):
+        lines = []
+        for label, wnid in enumerate(imagenet100_wnids()):
+            folder = base / split / wnid
+            if not folder.is_dir():
+                raise _missing("imagenet100", folder, IMAGENET_LAYOUT,
+                               "copy the 100 classes of imagenet100_wnids.txt from an ImageNet root")
+            lines += [f"{split}/{wnid}/{p.name} {label}" for p in sorted(folder.iterdir())]
+        atomic_write_text(base / f"{split}_100.txt", "\n".join(lines) + "\n")
+
+
+def load_imagenet100_lists(root: Path):
+    base = root / "imagenet100"
+    if not base.is_dir():
+        raise _missing("imagenet100", base, IMAGENET_LAYOUT, "follow PODNet's instructions to prepare it")
+    if not (base / "train_100.txt").is_file() or not (base / "val_100.txt").is_file():
+        write_imagenet100_lists(base)
+    out = []
+    for split in ("train", "val"):
+        paths, labels = [], []
+        for line in (base / f"{split}_100.txt").read_text().splitlines():
+            if line.strip():
+                rel, label = line.rsplit(maxsplit=1)
+                paths.append(str(base / rel))
+                labels.append(int(label))
+        out += [paths, torch.tensor(labels)]
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+@dataclass
+class Benchmark:
+    """A dataset cut into tasks: train and test images with labels remapped to the class order."""
+    spec: DatasetSpec
+    train: TensorImages | FolderImages
+    test: TensorImages | FolderImages
+    class_order: list
+    tasks: list  # list[range] of remapped labels per task
+
+    def seen(self, task: int) -> range:
+        return range(0, self.tasks[task].stop)
+
+
+def subsample_per_class(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of at most ``per_class`` images of each class, chosen by a fixed seed."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
+    return torch.cat(keep).sort().values
+
+
+def load_benchmark(config, device) -> Benchmark:
+    """Load ``config.dataset``, apply the class order and the task split, put it on ``device``."""
+    spec = SPECS[config.dataset]
+    root = Path(config.data_root).expanduser()
+    order = class_order(config.dataset, spec.num_classes, config.class_order)
+    task_sizes(spec.num_classes, config.num_tasks, config.first_task_classes)  # validate first
+    if spec.in_memory:
+        loader = {"digits": lambda: load_digits_arrays(),
+                  "fashion-mnist": lambda: load_fashion_mnist_arrays(root),
+                  "cifar100": lambda: load_cifar100_arrays(root)}[config.dataset]
+        x_tr, y_tr, x_te, y_te = loader()
+        if config.train_per_class:
+            keep = subsample_per_class(y_tr, config.train_per_class)
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
+        y_tr, tasks = split_tasks(y_tr, order, config.num_tasks, config.first_task_classes)
+        y_te, _ = split_tasks(y_te, order, config.num_tasks, config.first_task_classes)
+        return Benchmark(spec, TensorImages(x_tr, y_tr, spec, device), TensorImages(x_te, y_te, spec, device),
+                         order, tasks)
+    lists = load_tiny_imagenet_lists(root) if config.dataset == "tiny-imagenet200" else load_imagenet100_lists(root)
+    p_tr, y_tr, p_te, y_te = lists
+    if config.train_per_class:
+        keep = subsample_per_class(y_tr, config.train_per_class)
+        p_tr, y_tr = [p_tr[i] for i in keep.tolist()], y_tr[keep]
+    y_tr, tasks = split_tasks(y_tr, order, config.num_tasks, config.first_task_classes)
+    y_te, _ = split_tasks(y_te, order, config.num_tasks, config.first_task_classes)
+    return Benchmark(spec, FolderImages(p_tr, y_tr, spec, device, True, config.num_workers),
+                     FolderImages(p_te, y_te, spec, device, False, config.num_workers), order, tasks)

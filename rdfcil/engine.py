@@ -1,0 +1,321 @@
+"""``run(config) -> Results``: the one task-by-task loop shared by every method.
+
+For each task: grow the head, set the task's seed, let the method build its phases, train each
+phase (SGD, step lr schedule), let the method end the task (freeze, invert), evaluate on the
+test images of every seen class, and write the checkpoint and ``results.json`` atomically.
+Each stage is seeded from ``(seed, task, stage)``, so a run resumed after its last finished task
+gives the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import Config, resolve
+from .data import Benchmark, load_benchmark
+from .errors import RdfcilError
+from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
+from .methods import Method, Phase, Task, build_method
+from .metrics import accuracy_on, confusion_matrix, forgetting, task_row
+from .nets import build_model
+
+# Keys that do not change a run's numbers; every other key must match to resume or reuse a run.
+OPERATIONAL_KEYS = {"out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root"}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RdfcilError("device 'cuda' was asked for but CUDA is not available here; use device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RdfcilError(f"unknown device '{name}'; use auto, cpu or cuda[:i]") from None
+
+
+def stage_seed(seed: int, task: int, stage: int) -> int:
+    """A distinct seed per (run seed, task, stage): stage 0 training, 1 inversion."""
+    return (seed * 1_000_003 + task * 101 + stage) % (2 ** 63)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    return torch.Generator().manual_seed(seed)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def default_out(c: Config) -> str:
+    split = f"{c.first_task_classes}+" if c.first_task_classes else ""
+    return f"runs/{c.dataset}/{c.method}-{split}{c.num_tasks}tasks-seed{c.seed}"
+
+
+@dataclass
+class Results:
+    """The content of ``results.json`` with attribute access (``r.final_accuracy``)."""
+    data: dict
+
+    def __getattr__(self, name):
+        try:
+            return self.data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Results":
+        return cls(read_json(Path(folder) / "results.json"))
+
+
+# --------------------------------------------------------------------------- progress
+
+def make_progress(enabled: bool):
+    """A factory of tqdm.auto bars (widgets in Jupyter, text in a terminal), or None."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    def factory(total: int, description: str):
+        return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+    return factory
+
+
+class FiniteCheck:
+    """Raise a one-line error naming task, phase, step and loss term on a NaN or inf loss."""
+
+    def __init__(self, task: int, phase: str, last_checkpoint: str | None):
+        self.task, self.phase, self.last = task, phase, last_checkpoint
+
+    def __call__(self, step: int, terms: dict) -> None:
+        total = sum(terms.values()) if "total" not in terms else terms["total"]
+        if torch.isfinite(total).item():
+            return
+        bad = [name for name, value in terms.items() if name != "total" and not torch.isfinite(value).item()]
+        kept = f"the checkpoint of the last finished task ({self.last}) is intact" if self.last else \
+            "no task had finished"
+        raise RdfcilError(f"non-finite loss in task {self.task}, phase '{self.phase}', step {step}: "
+                          f"term {', '.join(bad) or 'total'} = {float(total)}; {kept}; lower the learning rate")
+
+
+# --------------------------------------------------------------------------- training
+
+def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator: torch.Generator,
+                task: int, progress, last_checkpoint: str | None) -> dict[str, list[float]]:
+    """SGD (momentum, weight decay) over ``phase.parameters``; returns per-epoch mean terms."""
+    optimizer = torch.optim.SGD(phase.parameters, lr=phase.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
+    augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
+    check = FiniteCheck(task, phase.name, last_checkpoint)
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else nullcontext()
+    steps_per_epoch = bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
+    bar = progress(phase.epochs * steps_per_epoch, f"task {task} {phase.name}") if progress else None
+    history: dict[str, list[float]] = {}
+    step = 0
+    for epoch in range(phase.epochs):
+        model.train(phase.train_backbone)
+        for module in phase.modules:
+            module.train()
+        sums: dict[str, float] = {}
+        batches = 0
+        for x, y in bench.train.batches(phase.classes, config.batch_size, shuffle=True, augment=augment,
+                                        generator=generator, drop_last=True):
+            with autocast:
+                terms = phase.loss(x, y)
+            total = sum(terms.values())
+            check(step, {**terms, "total": total})
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            batches += 1
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(total):.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}", refresh=False)
+        schedule.step()
+        for name, value in sums.items():
+            history.setdefault(name, []).append(value / max(batches, 1))
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate(model, bench: Benchmark, seen: range, batch_size: int) -> np.ndarray:
+    """Confusion matrix over the seen classes: argmax over every seen logit, no task id."""
+    model.eval()
+    targets, predictions = [], []
+    for x, y in bench.test.batches(seen, batch_size):
+        logits = model(x)[:, :seen.stop]
+        targets.append(y.cpu())
+        predictions.append(logits.argmax(dim=1).cpu())
+    return confusion_matrix(torch.cat(targets), torch.cat(predictions), seen.stop)
+
+
+# --------------------------------------------------------------------------- the run folder
+
+def config_differences(stored: dict, wanted: dict) -> list[str]:
+    keys = sorted(set(stored) | set(wanted))
+    return [k for k in keys if k not in OPERATIONAL_KEYS and stored.get(k) != wanted.get(k)]
+
+
+def finished_tasks(folder: Path, num_tasks: int) -> int:
+    """How many consecutive tasks have a checkpoint (task_0.pt, task_1.pt, ...)."""
+    done = 0
+    while done < num_tasks and (folder / f"task_{done}.pt").is_file():
+        done += 1
+    return done
+
+
+def _as_config(config) -> Config:
+    if isinstance(config, Config):
+        from .config import validate
+        validate(config)
+        return config
+    return resolve(config or {})
+
+
+def run(config: Config | dict | None = None, resume: bool = True, force: bool = False) -> Results:
+    """Learn the tasks of ``config`` in order; evaluate after each; write the run folder.
+
+    ``resume``: continue after the last finished task of an existing run folder (its stored
+    config must match). A finished run is reused, not retrained, unless ``force``.
+    """
+    c = _as_config(config)
+    device = pick_device(c.device)
+    bench = load_benchmark(c, device)  # validates data, class order and split before any write
+    folder = Path(c.out or default_out(c))
+    wanted = c.to_dict() | {"out": str(folder)}
+    start, results = 0, None
+    if (folder / "config.yaml").is_file() and not force:
+        from .config import read_yaml
+        diff = config_differences(read_yaml(folder / "config.yaml"), wanted)
+        if diff:
+            raise RdfcilError(f"run folder '{folder}' holds a run with a different config (keys: "
+                              f"{', '.join(diff)}); use another --out or --force to overwrite it")
+        if (folder / "results.json").is_file():
+            stored = read_json(folder / "results.json")
+            if stored.get("finished"):
+                return Results(stored)
+        if resume:
+            start = finished_tasks(folder, c.num_tasks)
+    if force and folder.exists():
+        for stale in folder.glob("task_*.pt"):
+            stale.unlink()
+        for name in ("results.json", "history.json"):
+            if (folder / name).exists():
+                (folder / name).unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_yaml(folder / "config.yaml", wanted)
+
+    torch.manual_seed(c.seed)
+    model = build_model(c.backbone, bench.spec.channels, bench.spec.image_size).to(device)
+    if c.precision == "bf16" and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    method = build_method(c, model, bench.spec)
+    record = new_record(c, bench)
+    history: dict = {"tasks": []}
+    if start:
+        record, history = restore(folder, start, model, method, bench, c)
+    progress = make_progress(c.progress)
+    run_started = time.perf_counter() - sum(sum(t.values()) for t in record["wall_seconds"])
+    for t in range(start, c.num_tasks):
+        task = Task(t, bench.tasks[t], c.num_tasks)
+        model.head.add_task(task.n_new)
+        last = str(folder / f"task_{t - 1}.pt") if t else None
+        timings, task_history = run_task(model, method, task, bench, c, progress, last)
+        record["wall_seconds"].append(timings)
+        history["tasks"].append(task_history)
+        confusion = task_history.pop("confusion")
+        add_task_metrics(record, confusion, bench, t, task_history["end"])
+        record["wall_seconds_total"] = time.perf_counter() - run_started
+        record["finished"] = t == c.num_tasks - 1
+        save_checkpoint(folder / f"task_{t}.pt", {
+            "task": t, "model": model.state_dict(), "method": method.state_dict(),
+            "record": record, "confusion": torch.as_tensor(confusion)})
+        write_json(folder / "history.json", history)
+        write_json(folder / "results.json", record)
+    return Results(record)
+
+
+def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, progress, last):
+    """Train, end (freeze / invert) and evaluate one task; returns timings and histories."""
+    timings: dict[str, float] = {}
+    task_history: dict = {"phases": {}}
+    generator = seed_everything(stage_seed(c.seed, task.index, 0))
+    method.begin_task(task)
+    for phase in method.phases(task):
+        started = time.perf_counter()
+        task_history["phases"][phase.name] = train_phase(model, phase, bench, c, generator, task.index,
+                                                         progress, last)
+        timings[phase.name] = timings.get(phase.name, 0.0) + time.perf_counter() - started
+    started = time.perf_counter()
+    seed_everything(stage_seed(c.seed, task.index, 1))
+    info = method.end_task(task, progress, FiniteCheck(task.index, "inversion", last))
+    if "inversion_history" in info:
+        timings["inversion"] = time.perf_counter() - started
+        task_history["inversion"] = info.pop("inversion_history")
+    task_history["end"] = info
+    started = time.perf_counter()
+    task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size)
+    timings["eval"] = time.perf_counter() - started
+    return timings, task_history
+
+
+def new_record(c: Config, bench: Benchmark) -> dict:
+    return {
+        "dataset": c.dataset, "method": c.method, "num_tasks": c.num_tasks,
+        "first_task_classes": c.first_task_classes or len(bench.tasks[0]), "seed": c.seed,
+        "class_order": bench.class_order, "tasks": [[r.start, r.stop] for r in bench.tasks],
+        "accuracy_matrix": [], "accuracy_per_task": [], "final_accuracy": None,
+        "average_incremental_accuracy": None, "old_accuracy": [], "new_accuracy": [], "forgetting": [],
+        "class_coverage": [], "wall_seconds": [], "wall_seconds_total": 0.0, "finished": False,
+        "config": c.to_dict(), "version": __version__, "git_commit": git_commit(),
+        "device": str(pick_device(c.device)), "torch": torch.__version__,
+    }
+
+
+def add_task_metrics(record: dict, confusion: np.ndarray, bench: Benchmark, t: int, end_info: dict) -> None:
+    """Append task ``t``'s row of the accuracy matrix, A_t, old/new accuracy; refresh the summary."""
+    tasks = bench.tasks[:t + 1]
+    record["accuracy_matrix"].append(task_row(confusion, tasks))
+    record["accuracy_per_task"].append(float(100.0 * np.trace(confusion) / confusion.sum()))
+    record["old_accuracy"].append(accuracy_on(confusion, range(0, tasks[t].start)) if t else None)
+    record["new_accuracy"].append(accuracy_on(confusion, tasks[t]))
+    record["final_accuracy"] = record["accuracy_per_task"][-1]
+    record["average_incremental_accuracy"] = float(np.mean(record["accuracy_per_task"]))
+    record["forgetting"] = forgetting(record["accuracy_matrix"])
+    record["class_coverage"].append(end_info.get("class_coverage"))
+
+
+def restore(folder: Path, start: int, model, method: Method, bench: Benchmark, c: Config):
+    """Load the checkpoint of task ``start - 1`` into ``model`` and ``method``."""
+    state = load_checkpoint(folder / f"task_{start - 1}.pt", map_location=next(model.parameters()).device)
+    for t in range(start):
+        model.head.add_task(len(bench.tasks[t]))
+    model.load_state_dict(state["model"])
+    method.load_state_dict(state["method"], Task(start - 1, bench.tasks[start - 1], c.num_tasks))
+    history = read_json(folder / "history.json") if (folder / "history.json").is_file() else {"tasks": []}
+    history["tasks"] = history["tasks"][:start]
+    return state["record"], history

@@ -1,0 +1,232 @@
+"""Model inversion (METHOD.md section 4): a generator trained so that a frozen old model sees
+its images as real data, and the replay that draws synthetic batches from it.
+
+Losses on a generated batch ``x = G(z)`` with old-model logits ``o`` and ``y = argmax o``:
+
+* content        ``CE(o / tau, y)``, tau = 1000;
+* class balance  ``1 + sum_c p_c log p_c / log K``, ``p`` the batch-mean softmax (0 uniform, 1 one class);
+* smoothness     ``alpha_pr * MSE(x, blur(x))``;
+* feature stats  ``alpha_rf * mean_l KL(N(rmu_l, rvar_l) || N(mu_l, var_l))`` over the old model's
+  BatchNorm layers, ``KL = 0.5 mean_c [log(var/rvar) + (rvar + (rmu - mu)^2)/var - 1]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Generator(nn.Module):
+    """The published generator, for any channel count and 8/28/32/64/224-pixel images.
+
+    ``z (z_dim) -> Linear -> width x s0 x s0 -> BN -> [upsample x2 -> Conv3x3 -> BN(eps=0.8) ->
+    LeakyReLU(0.2)] x n_up -> Conv3x3(-> C) -> Tanh -> BN(C, affine=False)``, with
+    ``n_up = 2`` (s0 = s/4) up to 32 pixels, 3 for 64 (s0 = s/8), 5 for 224 (s0 = 7, width 64).
+    The last stage halves the width (128 -> 64), as published. ``eps=0.8`` in the stage
+    BatchNorms is a quirk of the published generator (a much larger epsilon than PyTorch's
+    1e-5, which damps the normalisation); it is kept on purpose.
+    """
+
+    def __init__(self, image_size: int, channels: int, z_dim: int = 1000, width: int = 128):
+        super().__init__()
+        n_up = 2 if image_size <= 32 else 3 if image_size <= 64 else 5
+        if image_size >= 224:
+            width = min(width, 64)
+        start = image_size // 2 ** n_up
+        if start * 2 ** n_up != image_size:
+            raise ValueError(f"image size {image_size} is not {start} x 2^{n_up}")
+        self.z_dim, self.width, self.start = z_dim, width, start
+        self.project = nn.Linear(z_dim, width * start * start)
+        self.bn0 = nn.BatchNorm2d(width)
+        stages, cin = [], width
+        for i in range(n_up):
+            cout = width // 2 if i == n_up - 1 else width
+            stages += [nn.Upsample(scale_factor=2), nn.Conv2d(cin, cout, 3, 1, 1),
+                       nn.BatchNorm2d(cout, eps=0.8), nn.LeakyReLU(0.2)]
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.to_image = nn.Sequential(nn.Conv2d(cin, channels, 3, 1, 1), nn.Tanh(),
+                                      nn.BatchNorm2d(channels, affine=False))
+
+    def forward(self, z):
+        x = self.project(z).view(len(z), self.width, self.start, self.start)
+        return self.to_image(self.stages(self.bn0(x)))
+
+    def sample_z(self, n: int, device) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, device=device)
+
+
+# --------------------------------------------------------------------------- losses
+
+def bn_kl(mu: torch.Tensor, var: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
+    """``0.5 mean_c [log(var/rvar) + (rvar + (rmu - mu)^2)/var - 1]`` = KL(N(rmu, rvar) || N(mu, var))."""
+    var = var.float().clamp_min(1e-8)
+    rvar = running_var.float().clamp_min(1e-8)
+    return 0.5 * (torch.log(var / rvar) + (rvar + (running_mean.float() - mu.float()) ** 2) / var - 1).mean()
+
+
+class BatchNormStatistics(contextlib.AbstractContextManager):
+    """Forward pre-hooks on every BatchNorm2d of ``model`` that record the KL between the batch
+    statistics of the layer's input and its running statistics. Installed on entry, removed on
+    exit: ``with BatchNormStatistics(old) as stats: old(x); loss = stats.loss()``."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.handles = []
+        self.kls: list[torch.Tensor] = []
+        self.batch_stats: list[tuple] = []
+        self.keep_stats = False
+
+    def _hook(self, module, inputs):
+        x = inputs[0].float()
+        mu = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+        self.kls.append(bn_kl(mu, var, module.running_mean, module.running_var))
+        if self.keep_stats:
+            self.batch_stats.append((mu.detach(), var.detach()))
+
+    def __enter__(self):
+        for module in self.model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                self.handles.append(module.register_forward_pre_hook(self._hook))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        return False
+
+    def loss(self) -> torch.Tensor:
+        """``mean_l r_l`` of the last forward pass; clears the record."""
+        value = torch.stack(self.kls).mean()
+        self.kls.clear()
+        return value
+
+
+def content_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``CE(o / tau, argmax o)``."""
+    return F.cross_entropy(logits.float() / temperature, logits.argmax(dim=1))
+
+
+def class_balance_loss(logits: torch.Tensor) -> torch.Tensor:
+    """``1 + sum_c p_c log p_c / log K`` with ``p`` the batch-mean softmax: 0 when the batch
+    covers the K classes uniformly, 1 when it is all one class."""
+    k = logits.shape[1]
+    if k < 2:
+        return logits.new_zeros(())
+    p = F.softmax(logits.float(), dim=1).mean(dim=0)
+    return 1.0 + (p * torch.log(p.clamp_min(1e-12))).sum() / math.log(k)
+
+
+def published_blur_kernel(channels: int) -> torch.Tensor:
+    """The published 5x5 'sigma 1' kernel: ``exp(-((i - 2) / (2 sigma))^2)`` per axis, outer
+    product, normalised to sum 1 (a Gaussian of standard deviation sqrt(2)); depthwise."""
+    axis = torch.exp(-((torch.arange(5, dtype=torch.float32) - 2) / 2.0) ** 2)
+    kernel = torch.outer(axis, axis)
+    kernel = kernel / kernel.sum()
+    return kernel.expand(channels, 1, 5, 5).contiguous()
+
+
+def smoothness_loss(images: torch.Tensor) -> torch.Tensor:
+    """``MSE(x, blur(x))``, blur = the published kernel on the image reflect-padded by 2."""
+    channels = images.shape[1]
+    kernel = published_blur_kernel(channels).to(images.device)
+    padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect")
+    return F.mse_loss(images.float(), F.conv2d(padded, kernel, groups=channels))
+
+
+def inversion_losses(images, logits, stats: BatchNormStatistics, weights: dict) -> dict:
+    """The four weighted inversion terms of one step (section 4)."""
+    return {
+        "content": content_loss(logits, weights["content_temperature"]),
+        "balance": weights["alpha_cb"] * class_balance_loss(logits),
+        "smoothness": weights["alpha_pr"] * smoothness_loss(images),
+        "bn_stats": weights["alpha_rf"] * stats.loss(),
+    }
+
+
+# --------------------------------------------------------------------------- training and sampling
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with every parameter frozen: the old model ``M_old``."""
+    import copy
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old
+
+
+def train_generator(generator: Generator, old_model: nn.Module, steps: int, batch_size: int,
+                    lr: float, weights: dict, progress=None, check=None) -> dict[str, list[float]]:
+    """Train ``generator`` for ``steps`` Adam steps against the frozen ``old_model``.
+
+    Returns the history of each loss term (weighted) and of their total. ``progress`` is an
+    optional tqdm-like bar; ``check(step, terms)`` may raise on a non-finite loss.
+    """
+    device = next(generator.parameters()).device
+    optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
+    history: dict[str, list[float]] = {k: [] for k in ("content", "balance", "smoothness", "bn_stats", "total")}
+    generator.train()
+    old_model.eval()
+    with BatchNormStatistics(old_model) as stats:
+        for step in range(steps):
+            images = generator(generator.sample_z(batch_size, device))
+            terms = inversion_losses(images, old_model(images), stats, weights)
+            total = sum(terms.values())
+            if check is not None:
+                check(step, {**terms, "total": total})
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for name, value in terms.items():
+                history[name].append(float(value))
+            history["total"].append(float(total))
+            if progress is not None:
+                progress.update(1)
+                if step % 10 == 0 or step == steps - 1:
+                    progress.set_postfix(loss=f"{float(total):.3f}", bn=f"{float(terms['bn_stats']):.3f}")
+    generator.eval()
+    return history
+
+
+@torch.no_grad()
+def sample(generator: Generator, old_model: nn.Module, n: int, batch_size: int = 256):
+    """``n`` synthetic images from ``G`` in eval mode, their old-model logits and argmax labels."""
+    generator.eval()
+    device = next(generator.parameters()).device
+    images, logits = [], []
+    for start in range(0, n, batch_size):
+        x = generator(generator.sample_z(min(batch_size, n - start), device))
+        images.append(x)
+        logits.append(old_model(x).float())
+    images, logits = torch.cat(images), torch.cat(logits)
+    return images, logits.argmax(dim=1), logits
+
+
+def class_coverage(labels: torch.Tensor, num_classes: int) -> list[int]:
+    """How many synthetic samples carry each pseudo-label (a vanished class shows as 0)."""
+    return torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+
+
+class SyntheticReplay:
+    """Synthetic batches ``(x_s, y_s, old_logits)`` for incremental training.
+
+    ``pool_size = 0`` draws every batch from ``G`` (the paper); ``pool_size = n`` makes ``n``
+    images once and replays random batches from them (a CPU budget: the quick presets)."""
+
+    def __init__(self, generator: Generator, old_model: nn.Module, batch_size: int, pool_size: int = 0):
+        self.generator, self.old_model = generator, old_model
+        self.batch_size, self.pool_size = batch_size, pool_size
+        self.pool = sample(generator, old_model, pool_size) if pool_size else None
+
+    def batch(self):
+        if self.pool is None:
+            return sample(self.generator, self.old_model, self.batch_size, self.batch_size)
+        images, labels, logits = self.pool
+        pick = torch.randint(0, len(labels), (self.batch_size,)).to(labels.device)
+        return images[pick], labels[pick], logits[pick]

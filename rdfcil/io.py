@@ -1,0 +1,77 @@
+"""Files of a run, written atomically and read safely.
+
+Every write goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed
+over the target: a run killed at any moment leaves the old file or the new one, never a torn
+one. Checkpoints hold tensors and plain data only and are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from .errors import RdfcilError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RdfcilError(f"cannot read '{path}': {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
+def write_yaml(path: str | Path, data: dict) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load with ``weights_only=True``; a tampered, truncated or corrupt file is one line."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RdfcilError(f"checkpoint '{path}' does not exist") from None
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            reason = "it holds objects other than tensors and plain data (refused: loading it could run code)"
+        else:
+            reason = f"it is truncated or corrupt ({type(err).__name__}: {first[:120]})"
+        raise RdfcilError(f"cannot load checkpoint '{path}': {reason}; delete it to retrain that task") from None

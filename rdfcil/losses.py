@@ -1,0 +1,93 @@
+"""The training losses of R-DFCIL and its baselines, as pure functions (METHOD.md sections 5, 6, 8).
+
+Every function takes tensors and returns a scalar tensor; weights are applied by the method.
+Relational and distillation terms are computed in fp32 whatever the autocast precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def rrl_weights(n_old: int, n_new: int) -> tuple[float, float]:
+    """``alpha = log2(n_new / 2 + 1)``, ``beta = sqrt(n_old / n_new)`` (section 5)."""
+    return math.log2(n_new / 2 + 1), math.sqrt(n_old / n_new)
+
+
+def local_ce(logits: torch.Tensor, targets: torch.Tensor, n_old: int) -> torch.Tensor:
+    """``L_lce = CE(z[:, n_old:], y - n_old)``: cross-entropy over the new classes only."""
+    return F.cross_entropy(logits[:, n_old:].float(), targets - n_old)
+
+
+def global_ce(logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``L_ce = CE(z, y)`` over all seen classes, optionally class-weighted
+    (``sum_i w_{y_i} CE_i / sum_i w_{y_i}``, PyTorch's weighted mean)."""
+    return F.cross_entropy(logits.float(), targets, weight=class_weights)
+
+
+def hkd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor) -> torch.Tensor:
+    """Hard knowledge distillation: ``L_hkd = mean |z[:, :n_old] - z_old|`` (L1)."""
+    return F.l1_loss(logits_old_classes.float(), old_logits.float())
+
+
+def kd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Soft distillation of LwF: ``T^2 * KL(softmax(z_old / T) || softmax(z / T))``, batch mean."""
+    log_p = F.log_softmax(logits_old_classes.float() / temperature, dim=1)
+    q = F.softmax(old_logits.float() / temperature, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean") * temperature ** 2
+
+
+def angle_relations(e: torch.Tensor) -> torch.Tensor:
+    """The N x N x N angle tensor ``psi[i, j, k] = <u_ij, u_ik>``, ``u_ij = normalize(e_j - e_i)``."""
+    e = e.float()
+    u = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # u[i, j] = e_j - e_i, unit
+    return torch.bmm(u, u.transpose(1, 2))
+
+
+def distance_relations(e: torch.Tensor) -> torch.Tensor:
+    """Pairwise distances normalised by their mean over distinct pairs: ``d_ij / mean(d)``."""
+    d = torch.cdist(e.float(), e.float())
+    off_diagonal = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+    return d / d[off_diagonal].mean().clamp_min(1e-12)
+
+
+def rkd_angle(projected: torch.Tensor, projected_old: torch.Tensor) -> torch.Tensor:
+    """``L_rkd = mean |psi(P1 f) - psi(P2 f_old)|`` over the N^3 angles (section 5)."""
+    return F.l1_loss(angle_relations(projected), angle_relations(projected_old))
+
+
+def rkd_distance(projected: torch.Tensor, projected_old: torch.Tensor) -> torch.Tensor:
+    """Distance variant (ablation): ``mean |d(P1 f) - d(P2 f_old)|`` of normalised distances."""
+    return F.l1_loss(distance_relations(projected), distance_relations(projected_old))
+
+
+class RelationProjections(nn.Module):
+    """The two learnable linear projections of RKD, ``P1`` (current features) and ``P2`` (old
+    features), each ``feature_dim -> 2 * feature_dim``, trained with the model."""
+
+    def __init__(self, feature_dim: int):
+        super().__init__()
+        self.current = nn.Linear(feature_dim, 2 * feature_dim)
+        self.old = nn.Linear(feature_dim, 2 * feature_dim)
+
+    def forward(self, features: torch.Tensor, old_features: torch.Tensor):
+        return self.current(features.float()), self.old(old_features.float())
+
+
+def class_weights(counts: torch.Tensor) -> torch.Tensor:
+    """``w_c = sum(counts) / max(count_c, 1)``, normalised so that the smallest weight is 1."""
+    counts = counts.float()
+    weights = counts.sum() / counts.clamp_min(1.0)
+    return weights / weights.min()
+
+
+def feature_distillation(current_features: torch.Tensor, old_features: torch.Tensor,
+                         old_head_weight: torch.Tensor) -> torch.Tensor:
+    """ABD's importance-weighted feature distillation through the frozen old linear head:
+    ``mean_i || W_old f_i - W_old f_old_i ||^2 / n_old``."""
+    diff = (current_features.float() - old_features.float()) @ old_head_weight.float().t()
+    return (diff ** 2).sum(dim=1).mean() / old_head_weight.shape[0]

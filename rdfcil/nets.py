@@ -1,0 +1,139 @@
+"""Backbones (CIFAR-style ResNet-8/14/20/32, ImageNet-style ResNet-18) and the incremental head.
+
+The head is a ``ModuleList`` of bias-free linears, one per task, whose logits are concatenated
+in task order (what the paper's code does). A new task appends a new linear; the old ones keep
+their weights, and each phase builds its optimiser from an explicit parameter list, so the new
+parameters are always seen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import RdfcilError
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (1x1 projection when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) of He et al. for CIFAR: a 3x3 stem of 16 channels, three stages of ``n``
+    basic blocks with 16/32/64 channels (stride 2 at stages 2 and 3), global average pooling.
+    ResNet-32 is n = 5; ResNet-20 n = 3; ResNet-8 n = 1. Output: 64 features."""
+
+    def __init__(self, depth: int, channels: int):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise RdfcilError(f"a CIFAR ResNet has depth 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        layers, cin = [], 16
+        for stage, width in enumerate((16, 32, 64)):
+            for block in range(n):
+                layers.append(BasicBlock(cin, width, 2 if stage > 0 and block == 0 else 1))
+                cin = width
+        self.blocks = nn.Sequential(*layers)
+        self.feature_dim = 64
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
+
+
+def imagenet_resnet18(channels: int, image_size: int) -> nn.Module:
+    """torchvision's ResNet-18 without its classifier (512 features). Inputs under 64 pixels get
+    a 3x3 stride-1 stem and no max-pool, so that 8x8 and 32x32 images keep a spatial map."""
+    from torchvision.models import resnet18
+    net = resnet18(weights=None)
+    if image_size < 64:
+        net.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    elif channels != 3:
+        net.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
+    net.fc = nn.Identity()
+    net.feature_dim = 512
+    return net
+
+
+def build_backbone(name: str, channels: int, image_size: int) -> nn.Module:
+    depths = {"resnet8": 8, "resnet14": 14, "resnet20": 20, "resnet32": 32}
+    if name in depths:
+        return CifarResNet(depths[name], channels)
+    if name == "resnet18":
+        return imagenet_resnet18(channels, image_size)
+    raise RdfcilError(f"unknown backbone '{name}'; valid: {', '.join(list(depths) + ['resnet18'])}")
+
+
+class IncrementalHead(nn.Module):
+    """Concatenated bias-free linears, one per task: ``logits = [W_0 f, W_1 f, ..., W_t f]``."""
+
+    def __init__(self, feature_dim: int):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.tasks = nn.ModuleList()
+
+    @property
+    def num_classes(self) -> int:
+        return sum(layer.out_features for layer in self.tasks)
+
+    def add_task(self, num_classes: int) -> nn.Linear:
+        """Append a linear for ``num_classes`` new classes, on the device of the existing ones."""
+        layer = nn.Linear(self.feature_dim, num_classes, bias=False)
+        reference = next(iter(self.parameters()), None)
+        if reference is not None:
+            layer = layer.to(reference.device)
+        self.tasks.append(layer)
+        return layer
+
+    def forward(self, features):
+        return torch.cat([layer(features) for layer in self.tasks], dim=1)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """All class weight rows, (num_classes, feature_dim)."""
+        return torch.cat([layer.weight for layer in self.tasks], dim=0)
+
+
+class IncrementalNet(nn.Module):
+    """Backbone + incremental head. ``forward(x)`` gives logits; ``forward(x, features=True)``
+    gives ``(logits, pooled features)`` (the paper's "feature mode")."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = IncrementalHead(backbone.feature_dim)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    def features(self, x):
+        return self.backbone(x)
+
+    def forward(self, x, features: bool = False):
+        f = self.backbone(x)
+        logits = self.head(f)
+        return (logits, f) if features else logits
+
+
+def build_model(backbone: str, channels: int, image_size: int) -> IncrementalNet:
+    return IncrementalNet(build_backbone(backbone, channels, image_size))
