@@ -279,13 +279,18 @@ def load_digits_arrays():
 def read_idx(path: Path) -> torch.Tensor:
     """An IDX file (the MNIST format: magic, dims, big-endian sizes, uint8 data), .gz or not."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile) as err:  # a cut or corrupt .gz
+        raise RdfcilError(f"'{path}' is truncated or not gzip ({type(err).__name__})") from None
     if len(data) < 4:
         raise RdfcilError(f"'{path}' is not an IDX file (too short)")
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype != 0x08:
         raise RdfcilError(f"'{path}' is not a uint8 IDX file (magic {zero:#x}, type {dtype:#x})")
+    if len(data) < 4 + 4 * ndim:
+        raise RdfcilError(f"'{path}' is truncated: the header holds {ndim} sizes, the file ends before")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):

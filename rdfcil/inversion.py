@@ -184,8 +184,8 @@ def train_generator(generator: Generator, old_model: nn.Module, steps: int, batc
             total.backward()
             optimizer.step()
             for name, value in terms.items():
-                history[name].append(float(value))
-            history["total"].append(float(total))
+                history[name].append(float(value.detach()))
+            history["total"].append(float(total.detach()))
             if progress is not None:
                 progress.update(1)
                 if step % 10 == 0 or step == steps - 1:
