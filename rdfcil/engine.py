@@ -111,7 +111,7 @@ class FiniteCheck:
         kept = f"the checkpoint of the last finished task ({self.last}) is intact" if self.last else \
             "no task had finished"
         raise RdfcilError(f"non-finite loss in task {self.task}, phase '{self.phase}', step {step}: "
-                          f"term {', '.join(bad) or 'total'} = {float(total)}; {kept}; lower the learning rate")
+                          f"term {', '.join(bad) or 'total'} = {float(total.detach())}; {kept}; lower the learning rate")
 
 
 # --------------------------------------------------------------------------- training
@@ -242,18 +242,18 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
     run_started = time.perf_counter() - sum(sum(t.values()) for t in record["wall_seconds"])
     for t in range(start, c.num_tasks):
         task = Task(t, bench.tasks[t], c.num_tasks)
-        model.head.add_task(task.n_new)
         last = str(folder / f"task_{t - 1}.pt") if t else None
         timings, task_history = run_task(model, method, task, bench, c, progress, last)
         record["wall_seconds"].append(timings)
         history["tasks"].append(task_history)
         confusion = task_history.pop("confusion")
+        snapshots = task_history.pop("snapshots")
         add_task_metrics(record, confusion, bench, t, task_history["end"])
         record["wall_seconds_total"] = time.perf_counter() - run_started
         record["finished"] = t == c.num_tasks - 1
         save_checkpoint(folder / f"task_{t}.pt", {
             "task": t, "model": model.state_dict(), "method": method.state_dict(),
-            "record": record, "confusion": torch.as_tensor(confusion)})
+            "record": record, "confusion": torch.as_tensor(confusion), "snapshots": snapshots})
         write_json(folder / "history.json", history)
         write_json(folder / "results.json", record)
     return Results(record)
@@ -264,12 +264,19 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
     timings: dict[str, float] = {}
     task_history: dict = {"phases": {}}
     generator = seed_everything(stage_seed(c.seed, task.index, 0))
+    model.head.add_task(task.n_new)  # after seeding: a resumed run draws the same initial weights
     method.begin_task(task)
-    for phase in method.phases(task):
+    phases = method.phases(task)
+    task_history["snapshots"] = {}
+    for i, phase in enumerate(phases):
         started = time.perf_counter()
         task_history["phases"][phase.name] = train_phase(model, phase, bench, c, generator, task.index,
                                                          progress, last)
         timings[phase.name] = timings.get(phase.name, 0.0) + time.perf_counter() - started
+        if i < len(phases) - 1:  # e.g. after RRL, before refinement: kept for the notebooks
+            task_history["snapshots"][phase.name] = {
+                "confusion": torch.as_tensor(evaluate(model, bench, task.seen, c.eval_batch_size)),
+                "head": model.head.weight.detach().cpu().clone()}
     started = time.perf_counter()
     seed_everything(stage_seed(c.seed, task.index, 1))
     info = method.end_task(task, progress, FiniteCheck(task.index, "inversion", last))
@@ -292,7 +299,7 @@ def new_record(c: Config, bench: Benchmark) -> dict:
         "average_incremental_accuracy": None, "old_accuracy": [], "new_accuracy": [], "forgetting": [],
         "class_coverage": [], "wall_seconds": [], "wall_seconds_total": 0.0, "finished": False,
         "config": c.to_dict(), "version": __version__, "git_commit": git_commit(),
-        "device": str(pick_device(c.device)), "torch": torch.__version__,
+        "device": str(pick_device(c.device)), "torch": str(torch.__version__),
     }
 
 
@@ -307,6 +314,7 @@ def add_task_metrics(record: dict, confusion: np.ndarray, bench: Benchmark, t: i
     record["average_incremental_accuracy"] = float(np.mean(record["accuracy_per_task"]))
     record["forgetting"] = forgetting(record["accuracy_matrix"])
     record["class_coverage"].append(end_info.get("class_coverage"))
+    record["classes_covered"] = record.get("classes_covered", []) + [end_info.get("classes_covered")]
 
 
 def restore(folder: Path, start: int, model, method: Method, bench: Benchmark, c: Config):
