@@ -76,6 +76,11 @@ def command_bench_accuracy(args, extra) -> None:
     print("written: " + ", ".join(str(p) for p in paths.values()))
 
 
+def command_bench_speed(args, extra) -> None:
+    from .speed import bench_speed
+    bench_speed(args.dataset, split_overrides(extra), args.out, args.steps, args.workers)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m rdfcil", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +98,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", nargs="+")
     b.add_argument("--out")
     b.add_argument("--force", action="store_true")
+    s = sub.add_parser("bench-speed", help="throughput of each phase against the bare model and a DataLoader")
+    s.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    s.add_argument("--steps", type=int, default=10, help="timed steps per measure")
+    s.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
+    s.add_argument("--out")
     return top
 
 
@@ -107,6 +117,8 @@ def main(argv=None) -> int:
             command_run(args, extra)
         elif args.command == "bench-accuracy":
             command_bench_accuracy(args, extra)
+        elif args.command == "bench-speed":
+            command_bench_speed(args, extra)
     except RdfcilError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

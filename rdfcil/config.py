@@ -81,7 +81,8 @@ class Config:
     abd_mu: float = 1.0
     # -- run --
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA and CPU)
+    compile: bool = False  # torch.compile the backbone
     out: str | None = None
     progress: bool = True
     notes: str = ""  # free text, e.g. why a preset departs from the paper
@@ -179,7 +180,7 @@ def coerce(key: str, value: Any) -> Any:
         parsed = yaml.safe_load(text)
         if isinstance(parsed, (int, list)):
             return parsed
-    if isinstance(default, bool) or key in ("augment",):
+    if isinstance(default, bool) or key in ("augment", "compile"):
         if text.lower() in ("true", "1", "yes", "on"):
             return True
         if text.lower() in ("false", "0", "no", "off"):

@@ -152,7 +152,8 @@ class TensorImages:
         return mask.nonzero().flatten()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - self.mean) / self.std
+        x = (images.float() / 255.0 - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
     def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator:

@@ -43,6 +43,11 @@ def pick_device(name: str) -> torch.device:
         raise RdfcilError(f"unknown device '{name}'; use auto, cpu or cuda[:i]") from None
 
 
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA or CPU for ``precision='bf16'``; losses cast to fp32 themselves."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
 def stage_seed(seed: int, task: int, stage: int) -> int:
     """A distinct seed per (run seed, task, stage): stage 0 training, 1 inversion."""
     return (seed * 1_000_003 + task * 101 + stage) % (2 ** 63)
@@ -125,7 +130,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
     check = FiniteCheck(task, phase.name, last_checkpoint)
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else nullcontext()
+    autocast = autocast_for(device, config.precision)
     steps_per_epoch = bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
     bar = progress(phase.epochs * steps_per_epoch, f"task {task} {phase.name}") if progress else None
     history: dict[str, list[float]] = {}
@@ -162,12 +167,14 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
 
 
 @torch.no_grad()
-def evaluate(model, bench: Benchmark, seen: range, batch_size: int) -> np.ndarray:
+def evaluate(model, bench: Benchmark, seen: range, batch_size: int, precision: str = "fp32") -> np.ndarray:
     """Confusion matrix over the seen classes: argmax over every seen logit, no task id."""
     model.eval()
     targets, predictions = [], []
+    device = next(model.parameters()).device
     for x, y in bench.test.batches(seen, batch_size):
-        logits = model(x)[:, :seen.stop]
+        with autocast_for(device, precision):
+            logits = model(x)[:, :seen.stop]
         targets.append(y.cpu())
         predictions.append(logits.argmax(dim=1).cpu())
     return confusion_matrix(torch.cat(targets), torch.cat(predictions), seen.stop)
@@ -231,8 +238,10 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
 
     torch.manual_seed(c.seed)
     model = build_model(c.backbone, bench.spec.channels, bench.spec.image_size).to(device)
-    if c.precision == "bf16" and device.type == "cuda":
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if c.compile:
+        model.backbone.compile()  # in place: the state_dict keys stay the same
     method = build_method(c, model, bench.spec)
     record = new_record(c, bench)
     history: dict = {"tasks": []}
@@ -275,7 +284,7 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
         timings[phase.name] = timings.get(phase.name, 0.0) + time.perf_counter() - started
         if i < len(phases) - 1:  # e.g. after RRL, before refinement: kept for the notebooks
             task_history["snapshots"][phase.name] = {
-                "confusion": torch.as_tensor(evaluate(model, bench, task.seen, c.eval_batch_size)),
+                "confusion": torch.as_tensor(evaluate(model, bench, task.seen, c.eval_batch_size, c.precision)),
                 "head": model.head.weight.detach().cpu().clone()}
     started = time.perf_counter()
     seed_everything(stage_seed(c.seed, task.index, 1))
@@ -285,7 +294,7 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
         task_history["inversion"] = info.pop("inversion_history")
     task_history["end"] = info
     started = time.perf_counter()
-    task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size)
+    task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size, c.precision)
     timings["eval"] = time.perf_counter() - started
     return timings, task_history
 

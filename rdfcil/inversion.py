@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .losses import fp32
+
 
 class Generator(nn.Module):
     """The published generator, for any channel count and 8/28/32/64/224-pixel images.
@@ -62,6 +64,7 @@ class Generator(nn.Module):
 
 # --------------------------------------------------------------------------- losses
 
+@fp32
 def bn_kl(mu: torch.Tensor, var: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
     """``0.5 mean_c [log(var/rvar) + (rvar + (rmu - mu)^2)/var - 1]`` = KL(N(rmu, rvar) || N(mu, var))."""
     var = var.float().clamp_min(1e-8)
@@ -108,11 +111,13 @@ class BatchNormStatistics(contextlib.AbstractContextManager):
         return value
 
 
+@fp32
 def content_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``CE(o / tau, argmax o)``."""
     return F.cross_entropy(logits.float() / temperature, logits.argmax(dim=1))
 
 
+@fp32
 def class_balance_loss(logits: torch.Tensor) -> torch.Tensor:
     """``1 + sum_c p_c log p_c / log K`` with ``p`` the batch-mean softmax: 0 when the batch
     covers the K classes uniformly, 1 when it is all one class."""
@@ -132,6 +137,7 @@ def published_blur_kernel(channels: int) -> torch.Tensor:
     return kernel.expand(channels, 1, 5, 5).contiguous()
 
 
+@fp32
 def smoothness_loss(images: torch.Tensor) -> torch.Tensor:
     """``MSE(x, blur(x))``, blur = the published kernel on the image reflect-padded by 2."""
     channels = images.shape[1]
@@ -162,21 +168,24 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def train_generator(generator: Generator, old_model: nn.Module, steps: int, batch_size: int,
-                    lr: float, weights: dict, progress=None, check=None) -> dict[str, list[float]]:
+                    lr: float, weights: dict, progress=None, check=None,
+                    precision: str = "fp32") -> dict[str, list[float]]:
     """Train ``generator`` for ``steps`` Adam steps against the frozen ``old_model``.
 
     Returns the history of each loss term (weighted) and of their total. ``progress`` is an
     optional tqdm-like bar; ``check(step, terms)`` may raise on a non-finite loss.
     """
     device = next(generator.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
     history: dict[str, list[float]] = {k: [] for k in ("content", "balance", "smoothness", "bn_stats", "total")}
     generator.train()
     old_model.eval()
     with BatchNormStatistics(old_model) as stats:
         for step in range(steps):
-            images = generator(generator.sample_z(batch_size, device))
-            terms = inversion_losses(images, old_model(images), stats, weights)
+            with autocast:
+                images = generator(generator.sample_z(batch_size, device))
+                terms = inversion_losses(images, old_model(images), stats, weights)
             total = sum(terms.values())
             if check is not None:
                 check(step, {**terms, "total": total})

@@ -6,6 +6,7 @@ Relational and distillation terms are computed in fp32 whatever the autocast pre
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -13,27 +14,43 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def fp32(fn):
+    """Run ``fn`` with autocast off and its floating tensor arguments in fp32: the angle tensor,
+    distances, softmax entropies and divergences stay exact under bf16 training."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def rrl_weights(n_old: int, n_new: int) -> tuple[float, float]:
     """``alpha = log2(n_new / 2 + 1)``, ``beta = sqrt(n_old / n_new)`` (section 5)."""
     return math.log2(n_new / 2 + 1), math.sqrt(n_old / n_new)
 
 
+@fp32
 def local_ce(logits: torch.Tensor, targets: torch.Tensor, n_old: int) -> torch.Tensor:
     """``L_lce = CE(z[:, n_old:], y - n_old)``: cross-entropy over the new classes only."""
     return F.cross_entropy(logits[:, n_old:].float(), targets - n_old)
 
 
+@fp32
 def global_ce(logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``L_ce = CE(z, y)`` over all seen classes, optionally class-weighted
     (``sum_i w_{y_i} CE_i / sum_i w_{y_i}``, PyTorch's weighted mean)."""
     return F.cross_entropy(logits.float(), targets, weight=class_weights)
 
 
+@fp32
 def hkd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor) -> torch.Tensor:
     """Hard knowledge distillation: ``L_hkd = mean |z[:, :n_old] - z_old|`` (L1)."""
     return F.l1_loss(logits_old_classes.float(), old_logits.float())
 
 
+@fp32
 def kd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Soft distillation of LwF: ``T^2 * KL(softmax(z_old / T) || softmax(z / T))``, batch mean."""
     log_p = F.log_softmax(logits_old_classes.float() / temperature, dim=1)
@@ -41,6 +58,7 @@ def kd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor, temperature: 
     return F.kl_div(log_p, q, reduction="batchmean") * temperature ** 2
 
 
+@fp32
 def angle_relations(e: torch.Tensor) -> torch.Tensor:
     """The N x N x N angle tensor ``psi[i, j, k] = <u_ij, u_ik>``, ``u_ij = normalize(e_j - e_i)``."""
     e = e.float()
@@ -48,6 +66,7 @@ def angle_relations(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(u, u.transpose(1, 2))
 
 
+@fp32
 def distance_relations(e: torch.Tensor) -> torch.Tensor:
     """Pairwise distances normalised by their mean over distinct pairs: ``d_ij / mean(d)``."""
     d = torch.cdist(e.float(), e.float())
@@ -55,11 +74,13 @@ def distance_relations(e: torch.Tensor) -> torch.Tensor:
     return d / d[off_diagonal].mean().clamp_min(1e-12)
 
 
+@fp32
 def rkd_angle(projected: torch.Tensor, projected_old: torch.Tensor) -> torch.Tensor:
     """``L_rkd = mean |psi(P1 f) - psi(P2 f_old)|`` over the N^3 angles (section 5)."""
     return F.l1_loss(angle_relations(projected), angle_relations(projected_old))
 
 
+@fp32
 def rkd_distance(projected: torch.Tensor, projected_old: torch.Tensor) -> torch.Tensor:
     """Distance variant (ablation): ``mean |d(P1 f) - d(P2 f_old)|`` of normalised distances."""
     return F.l1_loss(distance_relations(projected), distance_relations(projected_old))
@@ -75,7 +96,8 @@ class RelationProjections(nn.Module):
         self.old = nn.Linear(feature_dim, 2 * feature_dim)
 
     def forward(self, features: torch.Tensor, old_features: torch.Tensor):
-        return self.current(features.float()), self.old(old_features.float())
+        with torch.autocast(features.device.type, enabled=False):
+            return self.current(features.float()), self.old(old_features.float())
 
 
 def class_weights(counts: torch.Tensor) -> torch.Tensor:
@@ -85,6 +107,7 @@ def class_weights(counts: torch.Tensor) -> torch.Tensor:
     return weights / weights.min()
 
 
+@fp32
 def feature_distillation(current_features: torch.Tensor, old_features: torch.Tensor,
                          old_head_weight: torch.Tensor) -> torch.Tensor:
     """ABD's importance-weighted feature distillation through the frozen old linear head:

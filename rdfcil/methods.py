@@ -125,7 +125,8 @@ class Method:
                        alpha_pr=c.alpha_pr, alpha_rf=c.alpha_rf)
         bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
         history = train_generator(self.generator, self.old_model, c.inversion_steps,
-                                  c.inversion_batch_size or c.batch_size, c.inversion_lr, weights, bar, check)
+                                  c.inversion_batch_size or c.batch_size, c.inversion_lr, weights, bar, check,
+                                  c.precision)
         if bar is not None:
             bar.close()
         _, labels, _ = sample(self.generator, self.old_model, c.coverage_samples)
