@@ -8,6 +8,7 @@ Errors print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import ALIASES, DATASETS, FIELD_NAMES, METHODS, PRESETS, Config, canonical_key, resolve
@@ -57,6 +58,8 @@ def command_run(args, extra) -> None:
     from .engine import run
     config = resolve(split_overrides(extra), args.config)
     results = run(config, resume=not args.no_resume, force=args.force)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     print(f"{results.method} on {results.dataset}, {results.num_tasks} tasks, seed {results.seed}: "
           f"final {results.final_accuracy:.2f} %, average incremental "
           f"{results.average_incremental_accuracy:.2f} %  ({results.config['out']})")

@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .config import Config, resolve
 from .data import Benchmark, load_benchmark
+from .distributed import Distributed
 from .errors import RdfcilError
 from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
 from .methods import Method, Phase, Task, build_method
@@ -122,8 +123,11 @@ class FiniteCheck:
 # --------------------------------------------------------------------------- training
 
 def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator: torch.Generator,
-                task: int, progress, last_checkpoint: str | None) -> dict[str, list[float]]:
-    """SGD (momentum, weight decay) over ``phase.parameters``; returns per-epoch mean terms."""
+                task: int, progress, last_checkpoint: str | None,
+                ddp: Distributed | None = None) -> dict[str, list[float]]:
+    """SGD (momentum, weight decay) over ``phase.parameters``; returns per-epoch mean terms.
+    Under ``torchrun`` each process trains on its shard of every batch, gradients averaged."""
+    ddp = ddp or Distributed()
     optimizer = torch.optim.SGD(phase.parameters, lr=phase.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
@@ -144,11 +148,12 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
         for x, y in bench.train.batches(phase.classes, config.batch_size, shuffle=True, augment=augment,
                                         generator=generator, drop_last=True):
             with autocast:
-                terms = phase.loss(x, y)
+                terms = phase.loss(ddp.shard(x), ddp.shard(y))
             total = sum(terms.values())
             check(step, {**terms, "total": total})
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            ddp.average_gradients(phase.parameters)
             optimizer.step()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
@@ -162,22 +167,29 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
             history.setdefault(name, []).append(value / max(batches, 1))
     if bar is not None:
         bar.close()
+    ddp.broadcast_state(model)  # the same BatchNorm statistics on every process
     model.eval()
     return history
 
 
 @torch.no_grad()
-def evaluate(model, bench: Benchmark, seen: range, batch_size: int, precision: str = "fp32") -> np.ndarray:
-    """Confusion matrix over the seen classes: argmax over every seen logit, no task id."""
+def evaluate(model, bench: Benchmark, seen: range, batch_size: int, precision: str = "fp32",
+             ddp: Distributed | None = None) -> np.ndarray:
+    """Confusion matrix over the seen classes: argmax over every seen logit, no task id
+    (under ``torchrun`` each process scores its shard and the matrices are summed)."""
+    ddp = ddp or Distributed()
     model.eval()
     targets, predictions = [], []
     device = next(model.parameters()).device
     for x, y in bench.test.batches(seen, batch_size):
         with autocast_for(device, precision):
-            logits = model(x)[:, :seen.stop]
-        targets.append(y.cpu())
+            logits = model(ddp.shard(x))[:, :seen.stop]
+        targets.append(ddp.shard(y).cpu())
         predictions.append(logits.argmax(dim=1).cpu())
-    return confusion_matrix(torch.cat(targets), torch.cat(predictions), seen.stop)
+    confusion = torch.as_tensor(confusion_matrix(torch.cat(targets), torch.cat(predictions), seen.stop))
+    if ddp.enabled:
+        confusion = ddp.sum(confusion.to(device)).cpu()
+    return confusion.numpy()
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -203,18 +215,11 @@ def _as_config(config) -> Config:
     return resolve(config or {})
 
 
-def run(config: Config | dict | None = None, resume: bool = True, force: bool = False) -> Results:
-    """Learn the tasks of ``config`` in order; evaluate after each; write the run folder.
-
-    ``resume``: continue after the last finished task of an existing run folder (its stored
-    config must match). A finished run is reused, not retrained, unless ``force``.
-    """
-    c = _as_config(config)
-    device = pick_device(c.device)
-    bench = load_benchmark(c, device)  # validates data, class order and split before any write
-    folder = Path(c.out or default_out(c))
+def prepare_folder(c: Config, folder: Path, resume: bool, force: bool, ddp: Distributed):
+    """Check an existing run folder against ``c``; return the finished Results to reuse, or
+    the number of finished tasks to resume after. Only rank 0 writes."""
     wanted = c.to_dict() | {"out": str(folder)}
-    start, results = 0, None
+    start = 0
     if (folder / "config.yaml").is_file() and not force:
         from .config import read_yaml
         diff = config_differences(read_yaml(folder / "config.yaml"), wanted)
@@ -227,14 +232,34 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
                 return Results(stored)
         if resume:
             start = finished_tasks(folder, c.num_tasks)
-    if force and folder.exists():
-        for stale in folder.glob("task_*.pt"):
-            stale.unlink()
-        for name in ("results.json", "history.json"):
-            if (folder / name).exists():
-                (folder / name).unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    write_yaml(folder / "config.yaml", wanted)
+    ddp.barrier()  # every process has read the folder before rank 0 changes it
+    if ddp.is_main:
+        if force and folder.exists():
+            for stale in list(folder.glob("task_*.pt")) + [folder / "results.json", folder / "history.json"]:
+                stale.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_yaml(folder / "config.yaml", wanted)
+    return start
+
+
+def run(config: Config | dict | None = None, resume: bool = True, force: bool = False) -> Results:
+    """Learn the tasks of ``config`` in order; evaluate after each; write the run folder.
+
+    ``resume``: continue after the last finished task of an existing run folder (its stored
+    config must match). A finished run is reused, not retrained, unless ``force``.
+    Under ``torchrun`` the processes train data-parallel (see ``distributed.py``).
+    """
+    c = _as_config(config)
+    device = pick_device(c.device)
+    ddp = Distributed.from_env(c.device)
+    if ddp.enabled and device.type == "cuda":
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    bench = load_benchmark(c, device)  # validates data, class order and split before any write
+    folder = Path(c.out or default_out(c))
+    start = prepare_folder(c, folder, resume, force, ddp)
+    if isinstance(start, Results):
+        return start
 
     torch.manual_seed(c.seed)
     model = build_model(c.backbone, bench.spec.channels, bench.spec.image_size).to(device)
@@ -247,12 +272,12 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
     history: dict = {"tasks": []}
     if start:
         record, history = restore(folder, start, model, method, bench, c)
-    progress = make_progress(c.progress)
+    progress = make_progress(c.progress and ddp.is_main)
     run_started = time.perf_counter() - sum(sum(t.values()) for t in record["wall_seconds"])
     for t in range(start, c.num_tasks):
         task = Task(t, bench.tasks[t], c.num_tasks)
         last = str(folder / f"task_{t - 1}.pt") if t else None
-        timings, task_history = run_task(model, method, task, bench, c, progress, last)
+        timings, task_history = run_task(model, method, task, bench, c, progress, last, ddp)
         record["wall_seconds"].append(timings)
         history["tasks"].append(task_history)
         confusion = task_history.pop("confusion")
@@ -260,41 +285,50 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
         add_task_metrics(record, confusion, bench, t, task_history["end"])
         record["wall_seconds_total"] = time.perf_counter() - run_started
         record["finished"] = t == c.num_tasks - 1
-        save_checkpoint(folder / f"task_{t}.pt", {
-            "task": t, "model": model.state_dict(), "method": method.state_dict(),
-            "record": record, "confusion": torch.as_tensor(confusion), "snapshots": snapshots})
-        write_json(folder / "history.json", history)
-        write_json(folder / "results.json", record)
+        record["processes"] = ddp.world
+        if ddp.is_main:
+            save_checkpoint(folder / f"task_{t}.pt", {
+                "task": t, "model": model.state_dict(), "method": method.state_dict(),
+                "record": record, "confusion": torch.as_tensor(confusion), "snapshots": snapshots})
+            write_json(folder / "history.json", history)
+            write_json(folder / "results.json", record)
+    ddp.barrier()
     return Results(record)
 
 
-def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, progress, last):
+def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, progress, last,
+             ddp: Distributed | None = None):
     """Train, end (freeze / invert) and evaluate one task; returns timings and histories."""
+    ddp = ddp or Distributed()
     timings: dict[str, float] = {}
     task_history: dict = {"phases": {}}
     generator = seed_everything(stage_seed(c.seed, task.index, 0))
     model.head.add_task(task.n_new)  # after seeding: a resumed run draws the same initial weights
     method.begin_task(task)
+    if method.replay is not None:
+        method.replay.shard = ddp.shard
     phases = method.phases(task)
     task_history["snapshots"] = {}
     for i, phase in enumerate(phases):
         started = time.perf_counter()
         task_history["phases"][phase.name] = train_phase(model, phase, bench, c, generator, task.index,
-                                                         progress, last)
+                                                         progress, last, ddp)
         timings[phase.name] = timings.get(phase.name, 0.0) + time.perf_counter() - started
         if i < len(phases) - 1:  # e.g. after RRL, before refinement: kept for the notebooks
             task_history["snapshots"][phase.name] = {
-                "confusion": torch.as_tensor(evaluate(model, bench, task.seen, c.eval_batch_size, c.precision)),
+                "confusion": torch.as_tensor(evaluate(model, bench, task.seen, c.eval_batch_size, c.precision, ddp)),
                 "head": model.head.weight.detach().cpu().clone()}
     started = time.perf_counter()
     seed_everything(stage_seed(c.seed, task.index, 1))
     info = method.end_task(task, progress, FiniteCheck(task.index, "inversion", last))
+    if method.generator is not None:
+        ddp.broadcast_state(method.generator)
     if "inversion_history" in info:
         timings["inversion"] = time.perf_counter() - started
         task_history["inversion"] = info.pop("inversion_history")
     task_history["end"] = info
     started = time.perf_counter()
-    task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size, c.precision)
+    task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size, c.precision, ddp)
     timings["eval"] = time.perf_counter() - started
     return timings, task_history
 

@@ -232,10 +232,13 @@ class SyntheticReplay:
         self.generator, self.old_model = generator, old_model
         self.batch_size, self.pool_size = batch_size, pool_size
         self.pool = sample(generator, old_model, pool_size) if pool_size else None
+        self.shard = lambda tensor: tensor  # set by the engine under torchrun: this process's share
 
     def batch(self):
         if self.pool is None:
-            return sample(self.generator, self.old_model, self.batch_size, self.batch_size)
-        images, labels, logits = self.pool
-        pick = torch.randint(0, len(labels), (self.batch_size,)).to(labels.device)
-        return images[pick], labels[pick], logits[pick]
+            drawn = sample(self.generator, self.old_model, self.batch_size, self.batch_size)
+        else:
+            images, labels, logits = self.pool
+            pick = torch.randint(0, len(labels), (self.batch_size,)).to(labels.device)
+            drawn = images[pick], labels[pick], logits[pick]
+        return tuple(self.shard(t) for t in drawn)

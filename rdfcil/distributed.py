@@ -1,0 +1,85 @@
+"""Data-parallel training across processes started by ``torchrun``.
+
+``torchrun --nproc_per_node=N -m rdfcil run ...`` starts N processes; each builds the same model
+from the same seed, takes its shard ``[rank::N]`` of every real and synthetic batch, and after
+each backward pass the gradients are averaged across processes with one all-reduce per
+parameter (what DistributedDataParallel does; done explicitly because the methods call the
+backbone and the head separately). BatchNorm buffers are broadcast from rank 0 after every
+phase, so all processes hold the same model. Test metrics are computed on shards and summed.
+Only rank 0 writes the run folder.
+
+The generator is trained *in step* on every process: the same seed, the same full inversion
+batch, no communication. That costs what training it once would cost in wall time (the other
+processes would otherwise wait for a broadcast) and keeps the code path of one process; its
+parameters are then broadcast from rank 0 once, so that bit-level differences between devices
+cannot make the processes drift apart.
+
+A single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) is the plain path: every function
+here does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device_name: str) -> "Distributed":
+        """Join the process group ``torchrun`` describes (gloo on CPU, nccl on CUDA)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if not dist.is_initialized():
+            use_cuda = torch.cuda.is_available() and device_name != "cpu"
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def shard(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This process's share ``[rank::world]`` of a batch."""
+        return tensor[self.rank::self.world] if self.enabled else tensor
+
+    def average_gradients(self, parameters) -> None:
+        if not self.enabled:
+            return
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.world)
+
+    def broadcast_state(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's parameters and buffers (BatchNorm statistics) to every process."""
+        if not self.enabled:
+            return
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
