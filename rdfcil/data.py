@@ -127,17 +127,11 @@ def split_tasks(labels: torch.Tensor, order: Sequence[int], num_tasks: int,
 
 # --------------------------------------------------------------------------- batches
 
-class TensorImages:
-    """Images as a uint8 tensor (N, C, H, W) on the device, with remapped labels.
+class LabelledImages:
+    """What both image stores share: remapped labels, normalisation constants, class lookup."""
 
-    Batches are index slices of a device-side permutation; augmentation (random crop with zero
-    padding, horizontal flip) runs on whole batches on the device; normalisation
-    ``(x / 255 - mean) / std`` happens last.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, device):
-        self.images = images.to(device)
-        self.labels = labels.to(device)
+    def __init__(self, labels: torch.Tensor, spec: DatasetSpec, device):
+        self.labels = labels
         self.spec = spec
         self.device = torch.device(device)
         self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
@@ -150,6 +144,27 @@ class TensorImages:
         """Positions of the images whose label lies in ``classes``."""
         mask = (self.labels >= classes.start) & (self.labels < classes.stop)
         return mask.nonzero().flatten()
+
+    def num_batches(self, classes: range, batch_size: int, drop_last: bool = False) -> int:
+        n = len(self.indices(classes))
+        return n // batch_size if drop_last and n > batch_size else -(-n // batch_size)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space images back to [0, 1] (for figures)."""
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+
+class TensorImages(LabelledImages):
+    """Images as a uint8 tensor (N, C, H, W) on the device, with remapped labels.
+
+    Batches are index slices of a device-side permutation; augmentation (random crop with zero
+    padding, horizontal flip) runs on whole batches on the device; normalisation
+    ``(x / 255 - mean) / std`` happens last.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, device):
+        super().__init__(labels.to(device), spec, device)
+        self.images = images.to(device)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() / 255.0 - self.mean) / self.std
@@ -168,14 +183,6 @@ class TensorImages:
             if augment:
                 images = augment_batch(images, self.spec.crop_padding, self.spec.flip, generator)
             yield self.normalize(images), self.labels[chosen]
-
-    def num_batches(self, classes: range, batch_size: int, drop_last: bool = False) -> int:
-        n = len(self.indices(classes))
-        return n // batch_size if drop_last and n > batch_size else -(-n // batch_size)
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Model-space images back to [0, 1] (for figures)."""
-        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
 
 
 def augment_batch(images: torch.Tensor, padding: int, flip: bool,
@@ -198,26 +205,15 @@ def augment_batch(images: torch.Tensor, padding: int, flip: bool,
     return images
 
 
-class FolderImages:
+class FolderImages(LabelledImages):
     """Image files (paths + remapped labels) streamed through a DataLoader with workers."""
 
     def __init__(self, paths: list[str], labels: torch.Tensor, spec: DatasetSpec, device,
                  train: bool, num_workers: int = 4):
+        super().__init__(labels.long(), spec, device)
         self.paths = list(paths)
-        self.labels = labels.long()
-        self.spec = spec
-        self.device = torch.device(device)
         self.train = train
         self.num_workers = num_workers
-        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def indices(self, classes: range) -> torch.Tensor:
-        mask = (self.labels >= classes.start) & (self.labels < classes.stop)
-        return mask.nonzero().flatten()
 
     def transform(self, augment: bool):
         from torchvision import transforms as T
@@ -242,13 +238,6 @@ class FolderImages:
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
             yield (images.float() / 255.0 - self.mean) / self.std, labels.to(self.device)
-
-    def num_batches(self, classes: range, batch_size: int, drop_last: bool = False) -> int:
-        n = len(self.indices(classes))
-        return n // batch_size if drop_last and n > batch_size else -(-n // batch_size)
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
 
 
 class _FileDataset(torch.utils.data.Dataset):

@@ -101,6 +101,11 @@ class Method:
     def incremental_phases(self, task: Task) -> list[Phase]:
         return [self.phase("train", task, self.base_loss(task))]
 
+    def with_replay(self, x, y):
+        """The real batch followed by a synthetic one: ``(inputs, labels, old logits of x_s)``."""
+        x_s, y_s, old_logits_s = self.replay.batch()
+        return torch.cat([x, x_s]), torch.cat([y, y_s]), old_logits_s
+
     # -- between tasks -----------------------------------------------------------------------
     def begin_task(self, task: Task) -> None:
         """Called after the task's seed is set; builds the synthetic replay if there is one."""
@@ -195,12 +200,11 @@ class DeepInversion(Method):
         c = self.config
 
         def loss(x, y):
-            x_s, y_s, _ = self.replay.batch()
-            inputs = torch.cat([x, x_s])
+            inputs, labels, _ = self.with_replay(x, y)
             logits = self.model(inputs)
             with torch.no_grad():
                 old_logits = self.old_model(inputs)
-            return {"ce": L.global_ce(logits, torch.cat([y, y_s])),
+            return {"ce": L.global_ce(logits, labels),
                     "kd": c.kd_weight * L.kd(logits[:, :task.n_old], old_logits, c.kd_temperature)}
         return [self.phase("train", task, loss)]
 
@@ -216,14 +220,13 @@ class ABD(Method):
         c = self.config
 
         def loss(x, y):
-            x_s, y_s, _ = self.replay.batch()
-            inputs = torch.cat([x, x_s])
+            inputs, labels, _ = self.with_replay(x, y)
             logits, features = self.model(inputs, features=True)
             with torch.no_grad():
                 old_features = self.old_model.features(inputs)
             old_head = self.old_model.head.weight
             return {"local_ce": L.local_ce(logits[:len(x)], y, task.n_old),
-                    "global_ce": L.global_ce(self.model.head(features.detach()), torch.cat([y, y_s])),
+                    "global_ce": L.global_ce(self.model.head(features.detach()), labels),
                     "feature_kd": c.abd_mu * L.feature_distillation(features, old_features, old_head)}
         return [self.phase("train", task, loss)]
 
@@ -269,13 +272,13 @@ class RDFCIL(Method):
         alpha, beta = L.rrl_weights(task.n_old, task.n_new)
 
         def loss(x, y):
-            x_s, y_s, old_logits_s = self.replay.batch()
-            logits, features = self.model(torch.cat([x, x_s]), features=True)
+            inputs, labels, old_logits_s = self.with_replay(x, y)
+            logits, features = self.model(inputs, features=True)
             n = len(x)
             if c.local_ce:
                 ce = L.local_ce(logits[:n], y, task.n_old)
             else:
-                ce = L.global_ce(logits, torch.cat([y, y_s]))
+                ce = L.global_ce(logits, labels)
             terms = {"local_ce" if c.local_ce else "global_ce": c.lambda_ce * (1 + 1 / alpha) / beta * ce,
                      "hkd": c.lambda_hkd * alpha * beta * L.hkd(logits[n:, :task.n_old], old_logits_s)}
             if c.rkd != "none":
@@ -294,10 +297,9 @@ class RDFCIL(Method):
         counts = torch.zeros(task.seen.stop, device=device)
 
         def loss(x, y):
-            x_s, y_s, old_logits_s = self.replay.batch()
-            labels = torch.cat([y, y_s])
+            inputs, labels, old_logits_s = self.with_replay(x, y)
             with torch.no_grad():
-                features = self.model.features(torch.cat([x, x_s]))
+                features = self.model.features(inputs)
             logits = self.model.head(features)
             counts.add_(torch.bincount(labels, minlength=len(counts)).float())
             return {"balanced_ce": c.lambda_ce * L.global_ce(logits, labels, L.class_weights(counts)),
