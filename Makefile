@@ -22,10 +22,16 @@ data: $(STAMP)
 	@bash .ci/fetch-fashion-mnist $(PY)
 
 demo: setup
-	$(PY) -m rdfcil bench-accuracy --dataset digits --preset quick --seeds 0 --methods finetune joint rdfcil --out runs/demo
+	@mkdir -p runs/demo
+	$(PY) -m papermill notebooks/reproduce.ipynb runs/demo/reproduce.ipynb
+	@echo "== executed notebook: runs/demo/reproduce.ipynb"
+	@echo "== table:   figures/digits/reproduction.md, .tex, .csv"
+	@echo "== figures: figures/digits/accuracy_curves.png, .pdf and figures/digits/accuracy_matrices.png, .pdf"
+	@echo "== runs:    runs/notebooks/digits/"
+	@cat figures/digits/reproduction.md
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest --nbval-lax tests notebooks
 
 bench-accuracy: setup
 	$(PY) -m rdfcil bench-accuracy --dataset digits --preset quick --seeds 0 1 2

@@ -25,7 +25,7 @@ from .data import Benchmark, load_benchmark
 from .distributed import Distributed
 from .errors import RdfcilError
 from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
-from .methods import Method, Phase, Task, build_method
+from .methods import Method, Phase, Task, build_method, unused_keys
 from .metrics import accuracy_on, confusion_matrix, forgetting, task_row
 from .nets import build_model
 
@@ -195,8 +195,11 @@ def evaluate(model, bench: Benchmark, seen: range, batch_size: int, precision: s
 # --------------------------------------------------------------------------- the run folder
 
 def config_differences(stored: dict, wanted: dict) -> list[str]:
+    """Keys whose values differ and matter: operational keys and keys the run's method never
+    reads (e.g. ``refine_lr`` for LwF) cannot change its numbers."""
     keys = sorted(set(stored) | set(wanted))
-    return [k for k in keys if k not in OPERATIONAL_KEYS and stored.get(k) != wanted.get(k)]
+    unused = unused_keys(wanted.get("method", ""))
+    return [k for k in keys if k not in OPERATIONAL_KEYS and k not in unused and stored.get(k) != wanted.get(k)]
 
 
 def finished_tasks(folder: Path, num_tasks: int) -> int:

@@ -311,5 +311,23 @@ METHOD_CLASSES = {"finetune": Finetune, "joint": Joint, "lwf": LwF, "deepinversi
                   "abd": ABD, "rdfcil": RDFCIL}
 
 
+# Config keys read only by some methods (the rest read the shared protocol and optimiser keys).
+INVERSION_KEYS = {"inversion_steps", "inversion_lr", "inversion_batch_size", "z_dim", "generator_width",
+                  "content_temperature", "alpha_cb", "alpha_pr", "alpha_rf", "synthetic_pool",
+                  "coverage_samples"}
+METHOD_KEYS = {
+    "rdfcil": {"refine_lr", "lambda_ce", "lambda_hkd", "lambda_rkd", "rkd", "local_ce", "refine"} | INVERSION_KEYS,
+    "abd": {"abd_mu"} | INVERSION_KEYS,
+    "deepinversion": {"kd_temperature", "kd_weight"} | INVERSION_KEYS,
+    "lwf": {"kd_temperature", "kd_weight"},
+}
+
+
+def unused_keys(method: str) -> set[str]:
+    """Method-specific keys that ``method`` does not read."""
+    used = METHOD_KEYS.get(method, set())
+    return set().union(*METHOD_KEYS.values()) - used
+
+
 def build_method(config, model, spec) -> Method:
     return METHOD_CLASSES[config.method](config, model, spec)
