@@ -113,3 +113,194 @@ def relation_matrices(feats: torch.Tensor, anchor: int = 0) -> dict[str, torch.T
     """N x N views of a batch's relations: normalised pairwise distances, and the angles
     ``psi[anchor, j, k]`` seen from one anchor (a slice of the N^3 angle tensor)."""
     return {"distance": distance_relations(feats).cpu(), "angle": angle_relations(feats)[anchor].cpu()}
+
+
+# --------------------------------------------------------------------------- helpers of the notebooks
+
+FASHION_MNIST_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                       "Bag", "Ankle boot"]
+
+
+def project_path(path: str | Path) -> Path:
+    """A relative ``path`` taken from the project root: the nearest folder at or above the
+    working directory holding ``pyproject.toml`` and ``rdfcil/``, else the working directory.
+    Notebooks run from ``notebooks/`` (Jupyter, nbval) and from the root (papermill) so share
+    their run folders and figures."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "rdfcil").is_dir():
+            return folder / path
+    return here / path
+
+
+def run_folder(out_dir: str | Path, config: Config, tag: str = "") -> Path:
+    """``<out_dir>/<dataset>/<method>[-<tag>]-[<first>+]<T>tasks-seed<k>``: the layout of
+    ``engine.default_out`` under another root, so that notebooks share runs."""
+    split = f"{config.first_task_classes}+" if config.first_task_classes else ""
+    name = f"{config.method}{'-' + tag if tag else ''}-{split}{config.num_tasks}tasks-seed{config.seed}"
+    return project_path(out_dir) / config.dataset / name
+
+
+def class_names(dataset: str, order: list[int]) -> list[str]:
+    """Names of the remapped labels (``order[i]`` is the original class of label ``i``)."""
+    names = {"fashion-mnist": FASHION_MNIST_NAMES}.get(dataset)
+    return [names[c] if names else str(c) for c in order]
+
+
+def class_counts(bench: Benchmark) -> dict[str, list[int]]:
+    """Images per remapped label in the training and the test split."""
+    n = bench.tasks[-1].stop
+    return {split: torch.bincount(images.labels.cpu().long(), minlength=n).tolist()
+            for split, images in (("train", bench.train), ("test", bench.test))}
+
+
+def task_table(bench: Benchmark, names: list[str] | None = None) -> list[dict]:
+    """One row per task: its labels, original classes and image counts."""
+    counts = class_counts(bench)
+    rows = []
+    for t, labels in enumerate(bench.tasks):
+        rows.append({"task": t, "labels": f"{labels.start}..{labels.stop - 1}",
+                     "classes": ", ".join((names or [str(c) for c in bench.class_order])[i] for i in labels),
+                     "train images": sum(counts["train"][i] for i in labels),
+                     "test images": sum(counts["test"][i] for i in labels)})
+    return rows
+
+
+def real_per_class(view: RunView, classes: range, per_class: int, split: str = "test"):
+    """The first ``per_class`` real images of each class of ``classes``, sorted by class."""
+    x, y = view.real(classes, None, split)
+    keep = torch.cat([(y == c).nonzero().flatten()[:per_class] for c in classes])
+    return x[keep], y[keep]
+
+
+def untrained_generator(view: RunView, seed: int = 0) -> Generator:
+    """A freshly initialised generator of the run's shape (eval mode): 'before inversion'."""
+    c, spec = view.config, view.bench.spec
+    torch.manual_seed(seed)
+    return Generator(spec.image_size, spec.channels, c.z_dim, c.generator_width).to(pick_device(view.device)).eval()
+
+
+def draw(generator: Generator, model: torch.nn.Module, n: int, seed: int = 0):
+    """``n`` images of ``generator`` and their labels by ``model`` (argmax), seeded."""
+    torch.manual_seed(seed)
+    images, labels, _ = sample(generator, frozen_copy(model), n)
+    return images, labels
+
+
+@torch.no_grad()
+def batchnorm_statistics(model: torch.nn.Module, images: torch.Tensor) -> list[dict]:
+    """Per BatchNorm2d layer of ``model`` (forward order), the per-channel mean and variance of
+    its input on ``images``, its running statistics and the feature-statistics term of the
+    inversion loss (``inversion.bn_kl``), recorded by ``inversion.BatchNormStatistics``."""
+    from .inversion import BatchNormStatistics
+    modules = dict(model.named_modules())
+    called: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda _m, _i, name=name: called.append(name))
+               for name, m in modules.items() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = BatchNormStatistics(model)
+    stats.keep_stats = True
+    try:
+        model.eval()
+        with stats:
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [{"name": name, "kl": float(kl), "mean": mu.cpu(), "var": var.cpu(),
+             "running_mean": modules[name].running_mean.cpu(), "running_var": modules[name].running_var.cpu()}
+            for name, kl, (mu, var) in zip(called, stats.kls, stats.batch_stats)]
+
+
+def relations(view: RunView, task: int, per_class: int = 16, anchor: int = 0) -> dict:
+    """Relation matrices (``relation_matrices``) of the old model (after ``task - 1``) and the
+    current one (after ``task``) on the same batch of task ``task``'s test images, and the
+    drift ``mean |current - old|`` of each relation."""
+    if not 1 <= task < view.num_finished:
+        raise RdfcilError(f"relations need a finished incremental task in 1..{view.num_finished - 1}, got {task}")
+    x, y = real_per_class(view, view.bench.tasks[task], per_class)
+    old = relation_matrices(features(view.model(task - 1), x), anchor)
+    current = relation_matrices(features(view.model(task), x), anchor)
+    drift = {k: float((current[k] - old[k]).abs().mean()) for k in current}
+    return {"labels": y.cpu(), "old": old, "current": current, "drift": drift}
+
+
+def relation_drift(view: RunView, per_class: int = 16) -> dict[str, list]:
+    """Relation drift of every incremental task: ``{"tasks": [1, ...], "angle": [...], "distance": [...]}``."""
+    tasks = list(range(1, view.num_finished))
+    drifts = [relations(view, t, per_class)["drift"] for t in tasks]
+    return {"tasks": tasks, **{k: [d[k] for d in drifts] for k in ("angle", "distance")}}
+
+
+def feature_sets(view: RunView, task: int, per_class: int = 40, synthetic: int = 200) -> dict[str, dict]:
+    """Features of real test images of the old and new classes of ``task`` and of synthetic
+    images of the generator inverted after ``task - 1``, under the model before the task
+    (after ``task - 1``) and after it: inputs of ``viz.feature_scatter``."""
+    if not 1 <= task < view.num_finished:
+        raise RdfcilError(f"feature_sets needs a finished incremental task in 1..{view.num_finished - 1}, got {task}")
+    x, y = real_per_class(view, view.bench.seen(task), per_class)
+    kinds = ["real"] * len(y)
+    if view.generator(task - 1) is not None and synthetic:
+        x_s, y_s = view.synthetic(task - 1, synthetic)
+        x, y, kinds = torch.cat([x, x_s]), torch.cat([y, y_s]), kinds + ["synthetic"] * len(y_s)
+    return {title: {"features": features(view.model(t), x).cpu(), "labels": y.cpu(), "kinds": kinds}
+            for title, t in ((f"before task {task} (model after task {task - 1})", task - 1),
+                             (f"after task {task}", task))}
+
+
+def refinement_effect(view: RunView, task: int) -> dict[str, dict]:
+    """The state after RRL (the checkpoint's ``snapshots['rrl']``, before classifier
+    refinement) and after refinement: confusion matrix, head weights, accuracy on old, new
+    and all seen classes."""
+    from .metrics import accuracy_on
+    snapshot = view.checkpoint(task).get("snapshots", {}).get("rrl")
+    if snapshot is None:
+        raise RdfcilError(f"task {task} of '{view.folder}' has no snapshot before refinement "
+                          "(task 0, a method without refinement, or refine=false)")
+    tasks = view.bench.tasks
+
+    def summary(confusion, head):
+        confusion = torch.as_tensor(confusion).cpu().numpy()
+        return {"confusion": confusion, "head": head.detach().cpu(),
+                "old": accuracy_on(confusion, range(0, tasks[task].start)),
+                "new": accuracy_on(confusion, tasks[task]),
+                "all": float(100.0 * confusion.trace() / confusion.sum())}
+    return {"before": summary(snapshot["confusion"], snapshot["head"]),
+            "after": summary(view.confusion(task), view.model(task).head.weight)}
+
+
+def expected_refinement_counts(view: RunView, task: int) -> torch.Tensor:
+    """Expected label counts of the refinement of ``task`` (the input of
+    ``losses.class_weights``): each step holds a real and an equally large synthetic batch, so
+    the new classes count their training images and the old classes share as many synthetic
+    samples in the proportions of the generator's pseudo-label coverage after ``task - 1``."""
+    coverage = view.results.class_coverage[task - 1]
+    if coverage is None:
+        raise RdfcilError(f"no pseudo-label coverage recorded for the generator after task {task - 1}")
+    new = view.bench.tasks[task]
+    real = torch.bincount(view.bench.train.labels.cpu().long(), minlength=new.stop)[new.start:new.stop].float()
+    coverage = torch.tensor(coverage, dtype=torch.float)
+    return torch.cat([real.sum() * coverage / coverage.sum().clamp_min(1), real])
+
+
+def task_view(view: RunView, task: int, per_class: int = 40, synthetic: int = 400) -> dict:
+    """The inputs of ``viz.task_overview`` for one finished task, read from the run folder:
+    the accuracy matrix so far, synthetic samples of the generator inverted after the task (for
+    the last task, which is not inverted, those of the generator it replayed; None for methods
+    without a generator), the confusion matrix, and features of test images of every seen
+    class under the model after the task."""
+    last = task == view.results.num_tasks - 1
+    source = task - 1 if last else task  # the last task is not inverted: show the replay it learned from
+    images, labels, images_title = None, None, "synthetic samples"
+    if source >= 0 and view.generator(source) is not None:
+        images, labels = view.synthetic(source, synthetic)
+        images_title = (f"replay of task {task} (generator after task {source})" if last
+                        else f"synthetic samples, generator after task {task}")
+    x, y = real_per_class(view, view.bench.seen(task), per_class)
+    return {"accuracy_matrix": view.results.accuracy_matrix[:task + 1], "images": images, "image_labels": labels,
+            "images_title": images_title,
+            "confusion": view.confusion(task), "features": features(view.model(task), x).cpu(),
+            "feature_labels": y.cpu(), "task": task, "tasks": view.results.tasks[:task + 1],
+            "denormalize": view.bench.test.denormalize}

@@ -1,0 +1,134 @@
+"""Published numbers to reproduce (METHOD.md section 9) and the default plan of ``reproduce.ipynb``.
+
+All accuracies are in percent. "last" is the final accuracy ``A_T``, "avg" the average
+incremental accuracy ``mean(A_1..A_T)``; ``None`` where the paper gives no value.
+
+* Half-base splits (R-DFCIL paper, ResNet-32): a base task of half the classes (50 for
+  CIFAR-100, 100 for Tiny-ImageNet-200) then 5, 10 or 25 equal tasks, i.e. ``num_tasks`` 6, 11, 26.
+  CIFAR-100 "last" carries a standard deviation over runs; Tiny-ImageNet does not.
+* Equal splits of CIFAR-100 into 5, 10 or 20 tasks (as published for ABD, 3 runs, final accuracy
+  only); the upper bound (joint training) is 69.9 whatever the split.
+"""
+
+from __future__ import annotations
+
+from .errors import RdfcilError
+
+R_DFCIL = "R-DFCIL (Gao et al., ECCV 2022), half-base table"
+ABD_PAPER = "ABD (Smith et al., ICCV 2021), equal splits, 3 runs"
+
+# (dataset, first_task_classes, num_tasks, method) -> numbers
+PUBLISHED: dict[tuple, dict] = {
+    # CIFAR-100, 50 base classes + 5 / 10 / 25 steps
+    ("cifar100", 50, 6, "abd"): {"avg": 62.40, "last": 50.55, "last_std": 1.14},
+    ("cifar100", 50, 6, "rdfcil"): {"avg": 64.78, "last": 54.76, "last_std": 0.76},
+    ("cifar100", 50, 11, "abd"): {"avg": 58.97, "last": 43.65, "last_std": 2.40},
+    ("cifar100", 50, 11, "rdfcil"): {"avg": 61.71, "last": 49.70, "last_std": 0.61},
+    ("cifar100", 50, 26, "abd"): {"avg": 48.91, "last": 25.27, "last_std": 1.09},
+    ("cifar100", 50, 26, "rdfcil"): {"avg": 49.95, "last": 30.01, "last_std": 0.56},
+    # Tiny-ImageNet-200, 100 base classes + 5 / 10 / 25 steps
+    ("tiny-imagenet200", 100, 6, "abd"): {"avg": 44.55, "last": 33.18, "last_std": None},
+    ("tiny-imagenet200", 100, 6, "rdfcil"): {"avg": 48.91, "last": 40.44, "last_std": None},
+    ("tiny-imagenet200", 100, 11, "abd"): {"avg": 41.64, "last": 27.34, "last_std": None},
+    ("tiny-imagenet200", 100, 11, "rdfcil"): {"avg": 47.60, "last": 38.19, "last_std": None},
+    ("tiny-imagenet200", 100, 26, "abd"): {"avg": 34.47, "last": 16.46, "last_std": None},
+    ("tiny-imagenet200", 100, 26, "rdfcil"): {"avg": 40.85, "last": 27.29, "last_std": None},
+}
+for _key in PUBLISHED:
+    PUBLISHED[_key]["source"] = R_DFCIL
+
+# CIFAR-100 equal splits, final accuracy only: method -> {num_tasks: last}
+EQUAL_SPLITS_CIFAR100 = {
+    "joint": {5: 69.9, 10: 69.9, 20: 69.9},
+    "finetune": {5: 16.4, 10: 8.8, 20: 4.4},
+    "lwf": {5: 17.0, 10: 9.2, 20: 4.7},
+    "deepinversion": {5: 18.8, 10: 10.9, 20: 5.7},
+    "abd": {5: 43.9, 10: 33.7, 20: 20.0},
+}
+for _method, _values in EQUAL_SPLITS_CIFAR100.items():
+    for _tasks, _last in _values.items():
+        PUBLISHED[("cifar100", None, _tasks, _method)] = {"avg": None, "last": _last, "last_std": None,
+                                                         "source": ABD_PAPER}
+
+NUM_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar100": 100, "tiny-imagenet200": 200, "imagenet100": 100}
+
+
+def published(dataset: str, method: str, num_tasks: int, first_task_classes: int | None = None) -> dict | None:
+    """The published ``{"avg", "last", "last_std", "source"}`` of a setting, or None.
+
+    ``first_task_classes`` None (or the equal share ``classes / num_tasks``) means an equal split.
+    """
+    total = NUM_CLASSES.get(dataset)
+    if first_task_classes is not None and total and first_task_classes * num_tasks == total:
+        first_task_classes = None
+    found = PUBLISHED.get((dataset, first_task_classes, num_tasks, method))
+    return dict(found) if found else None
+
+
+# --------------------------------------------------------------------------- reproduce.ipynb defaults
+
+# What ``reproduce.ipynb`` runs when its parameters are left at None. The digits and
+# Fashion-MNIST plans fit a CPU budget of a few minutes; the paper datasets run the published
+# half-base protocol (seed 1, as in the released configuration).
+DEFAULTS = {
+    "digits": {
+        "methods": ["finetune", "lwf", "rdfcil", "joint"], "task_counts": [5], "seeds": [0],
+        "first_task_classes": None, "preset": "quick",
+        # A lighter quick budget: inversion dominates the cost of a digits run on a CPU.
+        "overrides": {"epochs": 30, "refinement_epochs": 8, "milestones": [15], "inversion_steps": 200},
+    },
+    "fashion-mnist": {
+        "methods": ["finetune", "lwf", "rdfcil", "joint"], "task_counts": [5], "seeds": [0],
+        "first_task_classes": None, "preset": "quick", "overrides": {},
+    },
+    "cifar100": {
+        "methods": ["abd", "rdfcil"], "task_counts": [6, 11, 26], "seeds": [1],
+        "first_task_classes": 50, "preset": "paper", "overrides": {},
+    },
+    "tiny-imagenet200": {
+        "methods": ["abd", "rdfcil"], "task_counts": [6, 11, 26], "seeds": [1],
+        "first_task_classes": 100, "preset": "paper", "overrides": {},
+    },
+    "imagenet100": {
+        "methods": ["rdfcil"], "task_counts": [10], "seeds": [1],
+        "first_task_classes": None, "preset": "paper", "overrides": {},
+    },
+}
+
+
+def defaults(dataset: str) -> dict:
+    """A copy of the default reproduction plan of ``dataset`` (see :data:`DEFAULTS`)."""
+    if dataset not in DEFAULTS:
+        raise RdfcilError(f"unknown dataset '{dataset}'; valid datasets: {', '.join(DEFAULTS)}")
+    import copy
+    return copy.deepcopy(DEFAULTS[dataset])
+
+
+def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_classes="default", preset=None,
+         overrides=None, out_dir: str = "runs/notebooks", **keys) -> list:
+    """The validated configs of a reproduction: every task count x method x seed.
+
+    ``None`` (and ``first_task_classes="default"``) take the dataset's default from
+    :data:`DEFAULTS`; ``first_task_classes=None`` is an equal split. ``keys`` are further
+    config keys for every run (``data_root``, ``device``, ...). Each run folder is
+    ``analysis.run_folder(out_dir, config)``. Every config, split included, is checked before
+    any run starts, so a wrong value stops with one line before anything is trained.
+    """
+    from .analysis import project_path, run_folder
+    from .config import resolve
+    from .data import SPECS, task_sizes
+    plan_ = defaults(dataset)
+    first = plan_["first_task_classes"] if first_task_classes == "default" else first_task_classes
+    budget = plan_["overrides"] if overrides is None else dict(overrides)
+    if "data_root" in keys:
+        keys["data_root"] = str(project_path(keys["data_root"]))
+    configs = []
+    for num_tasks in task_counts or plan_["task_counts"]:
+        for method in methods or plan_["methods"]:
+            for seed in seeds or plan_["seeds"]:
+                config = resolve({**budget, **keys, "dataset": dataset, "method": method, "num_tasks": num_tasks,
+                                  "first_task_classes": first, "seed": seed, "preset": preset or plan_["preset"]})
+                task_sizes(SPECS[dataset].num_classes, config.num_tasks, config.first_task_classes)
+                config.out = str(run_folder(out_dir, config))
+                configs.append(config)
+    return configs

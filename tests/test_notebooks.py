@@ -1,0 +1,132 @@
+"""The notebooks: their committed form, reproduce.ipynb end to end through papermill on a tiny
+Fashion-MNIST budget, and a one-line error for a wrong parameter. (Every notebook also runs
+with its defaults under ``pytest --nbval-lax notebooks``.)"""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+REQUIRED = {"dataset", "num_tasks", "first_task_classes", "seed", "preset", "data_root", "device", "out_dir"}
+PNG, PDF = b"\x89PNG\r\n\x1a\n", b"%PDF"
+
+
+def parameters(path: Path) -> dict:
+    """The values of the first (``parameters``) cell."""
+    cell = nbformat.read(path, as_version=4).cells[1]
+    namespace: dict = {}
+    exec(cell.source, namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+
+
+def fashion_mnist_available() -> bool:
+    from rdfcil.data import fashion_mnist_folder
+    try:
+        fashion_mnist_folder(ROOT / "data", download=False)
+        return True
+    except Exception:
+        return False
+
+
+def test_the_six_notebooks_exist():
+    assert [p.name for p in NOTEBOOKS] == ["01_tasks.ipynb", "02_model_inversion.ipynb",
+                                           "03_relation_distillation.ipynb", "04_classifier_refinement.ipynb",
+                                           "05_task_by_task.ipynb", "reproduce.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_form_parameters_first_outputs_cleared(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert nb.cells[0].cell_type == "markdown"
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    assert REQUIRED <= set(parameters(path))
+    for cell in code:
+        assert cell.outputs == [] and cell.execution_count is None, f"{path.name} holds outputs"
+    assert "rdfcil.resolve(" in code[1].source or "paper.plan(" in code[1].source  # the config comes first
+    for cell in code:  # no training code of their own
+        assert "backward(" not in cell.source and "optim." not in cell.source
+
+
+def test_walkthroughs_share_the_default_run():
+    """Notebooks 02-05 have the same defaults, so they train one R-DFCIL run and reuse it."""
+    keys = REQUIRED | {"overrides"}
+    values = [{k: parameters(ROOT / "notebooks" / name)[k] for k in keys}
+              for name in ("02_model_inversion.ipynb", "03_relation_distillation.ipynb",
+                           "04_classifier_refinement.ipynb", "05_task_by_task.ipynb")]
+    assert all(v == values[0] for v in values)
+    reproduce = parameters(ROOT / "notebooks" / "reproduce.ipynb")
+    assert reproduce["out_dir"] == values[0]["out_dir"] and reproduce["dataset"] == values[0]["dataset"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_wrong_parameter_stops_with_the_one_line_error(path, tmp_path):
+    out = tmp_path / "runs"
+    with pytest.raises(papermill.PapermillExecutionError) as caught:
+        papermill.execute_notebook(str(path), str(tmp_path / path.name), kernel_name="python3", progress_bar=False,
+                                   parameters={"dataset": "mnist", "out_dir": str(out), "figures_dir": str(tmp_path)},
+                                   cwd=str(ROOT))
+    err = caught.value
+    message = ("unknown dataset 'mnist'; valid datasets: digits, fashion-mnist, cifar100, tiny-imagenet200, "
+               "imagenet100")
+    assert err.ename == "RdfcilError" and err.evalue == message
+    assert message in str(err)
+    executed = nbformat.read(tmp_path / path.name, as_version=4)
+    failed = [c for c in executed.cells if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)]
+    assert len(failed) == 1 and ("rdfcil.resolve(" in failed[0].source or "paper.plan(" in failed[0].source)
+    assert not out.exists()  # nothing was trained or written
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST is not installed (make data)")
+def test_reproduce_on_a_tiny_fashion_mnist_budget(tmp_path):
+    figures, runs = tmp_path / "figures", tmp_path / "runs"
+    budget = {"epochs": 2, "refinement_epochs": 1, "milestones": [1], "inversion_steps": 4, "train_per_class": 40,
+              "synthetic_pool": 256, "coverage_samples": 200, "inversion_batch_size": 32, "batch_size": 64}
+    papermill.execute_notebook(str(ROOT / "notebooks" / "reproduce.ipynb"), str(tmp_path / "reproduce.ipynb"),
+                               kernel_name="python3", progress_bar=False, cwd=str(tmp_path),
+                               parameters={"dataset": "fashion-mnist", "methods": ["finetune", "rdfcil"],
+                                           "task_counts": [2], "seeds": [0], "overrides": budget, "device": "cpu",
+                                           "out_dir": str(runs), "figures_dir": str(figures)})
+    folder = figures / "fashion-mnist"
+    written = sorted(p.name for p in folder.iterdir())
+    assert written == ["accuracy_curves.pdf", "accuracy_curves.png", "accuracy_matrices.pdf",
+                       "accuracy_matrices.png", "reproduction.csv", "reproduction.md", "reproduction.tex"]
+    for name in ("accuracy_curves", "accuracy_matrices"):
+        for suffix, magic in ((".png", PNG), (".pdf", PDF)):
+            data = (folder / (name + suffix)).read_bytes()
+            assert len(data) > 1000 and data.startswith(magic)
+    results = {m: json.loads((runs / "fashion-mnist" / f"{m}-2tasks-seed0" / "results.json").read_text())
+               for m in ("finetune", "rdfcil")}
+    assert all(r["finished"] and r["config"]["epochs"] == 2 and r["config"]["train_per_class"] == 40
+               for r in results.values())
+    md = (folder / "reproduction.md").read_text()
+    for label, method in (("Finetune", "finetune"), ("R-DFCIL", "rdfcil")):
+        r = results[method]
+        assert (f"| {label} | 2 × 5 | 1 | {r['final_accuracy']:.2f} | – | "
+                f"{r['average_incremental_accuracy']:.2f} | – |") in md
+    rows = list(csv.DictReader(io.StringIO((folder / "reproduction.csv").read_text())))
+    assert [r["method"] for r in rows] == ["finetune", "rdfcil"]
+    assert float(rows[1]["final_mean"]) == pytest.approx(results["rdfcil"]["final_accuracy"], abs=1e-4)
+    assert rows[0]["dataset"] == "fashion-mnist" and rows[0]["num_tasks"] == "2"
+    tex = (folder / "reproduction.tex").read_text()
+    assert r"\begin{tabular}" in tex and "R-DFCIL & 2 $\\times$ 5 & 1 & " + f"{results['rdfcil']['final_accuracy']:.2f}" in tex
+    executed = nbformat.read(tmp_path / "reproduce.ipynb", as_version=4)
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the curves and the matrices, shown in the notebook
+
+
+def test_the_ablation_of_notebook_03_resolves():
+    """'none' is a value of rkd and preset, not a null (03 builds its run without RKD from a dict)."""
+    import rdfcil
+    assert rdfcil.resolve({"rkd": "none"}).rkd == "none"
+    assert rdfcil.resolve({"preset": "none"}).preset == "none"
+    assert rdfcil.resolve({"out": "none"}).out is None
