@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from .config import ALIASES, DATASETS, FIELD_NAMES, METHODS, PRESETS, Config, canonical_key, resolve
@@ -110,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # Ctrl-C stops a run even when the shell started it with SIGINT ignored (background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args, extra = parser().parse_known_args(argv)
     try:
         if args.command == "list":
