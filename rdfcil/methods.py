@@ -237,7 +237,9 @@ class RDFCIL(Method):
 
     RRL:    ``w_ce L_lce(real) + w_hkd L_hkd(synthetic) + w_rkd L_rkd(real)`` with
             ``w_ce = lambda_ce (1 + 1/alpha) / beta``, ``w_hkd = lambda_hkd alpha beta``,
-            ``w_rkd = lambda_rkd alpha beta``; optimiser over backbone, head and P1, P2.
+            ``w_rkd = lambda_rkd alpha beta``; optimiser over backbone, head and P1, P2. The
+            real and the synthetic batch go through the model in two forwards (the published
+            code's choice), so training-mode BatchNorm never mixes their statistics.
     Refine: backbone frozen (eval mode, no gradient), head only at constant ``refine_lr``:
             ``lambda_ce CE_w(real + synthetic) + w_hkd L_hkd`` with class weights from the
             running label counts of this task.
@@ -272,19 +274,21 @@ class RDFCIL(Method):
         alpha, beta = L.rrl_weights(task.n_old, task.n_new)
 
         def loss(x, y):
-            inputs, labels, old_logits_s = self.with_replay(x, y)
-            logits, features = self.model(inputs, features=True)
-            n = len(x)
+            x_s, y_s, old_logits_s = self.replay.batch()
+            # Two forwards, as in the published code: BatchNorm normalises the real and the
+            # synthetic batch each with its own statistics.
+            logits, features = self.model(x, features=True)
+            logits_s = self.model(x_s)
             if c.local_ce:
-                ce = L.local_ce(logits[:n], y, task.n_old)
+                ce = L.local_ce(logits, y, task.n_old)
             else:
-                ce = L.global_ce(logits, labels)
+                ce = L.global_ce(torch.cat([logits, logits_s]), torch.cat([y, y_s]))
             terms = {"local_ce" if c.local_ce else "global_ce": c.lambda_ce * (1 + 1 / alpha) / beta * ce,
-                     "hkd": c.lambda_hkd * alpha * beta * L.hkd(logits[n:, :task.n_old], old_logits_s)}
+                     "hkd": c.lambda_hkd * alpha * beta * L.hkd(logits_s[:, :task.n_old], old_logits_s)}
             if c.rkd != "none":
                 with torch.no_grad():
                     old_features = self.old_model.features(x)
-                projected, projected_old = self.projections(features[:n], old_features)
+                projected, projected_old = self.projections(features, old_features)
                 relation = L.rkd_angle if c.rkd == "angle" else L.rkd_distance
                 terms["rkd"] = c.lambda_rkd * alpha * beta * relation(projected, projected_old)
             return terms

@@ -99,6 +99,22 @@ def test_rrl_gradients_reach_both_projections(trained_base):
     assert any(p is method.projections.old.weight for p in rrl.parameters)
 
 
+
+def test_rrl_normalises_real_and_synthetic_batches_separately(trained_base):
+    """The published RRL step runs two forwards, so training-mode BatchNorm sees the real batch
+    and the synthetic batch each alone, never their concatenation."""
+    config, bench, model, method, task1 = _incremental(trained_base)
+    rrl, _ = method.phases(task1)
+    first_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    sizes = []
+    handle = first_bn.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+    x, y = next(bench.train.batches(task1.classes, 24, shuffle=True))
+    model.train()
+    try:
+        rrl.loss(x, y)
+    finally:
+        handle.remove()
+    assert sizes == [24, config.batch_size], sizes  # real batch, then the synthetic batch
 def test_refinement_leaves_backbone_bit_identical(trained_base):
     config, bench, model, method, task1 = _incremental(trained_base)
     _, refine = method.phases(task1)
