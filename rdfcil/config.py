@@ -23,6 +23,7 @@ METHODS = ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil")
 BACKBONES = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet18")
 PRESETS = ("paper", "quick", "none")
 RKD_KINDS = ("angle", "distance", "none")
+RRL_FORWARDS = ("separate", "joint")
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Config:
     lambda_hkd: float = 0.15
     lambda_rkd: float = 0.5
     rkd: str = "angle"
+    rrl_forward: str = "separate"  # separate: real and synthetic in two forwards (published code); joint: one
     local_ce: bool = True
     refine: bool = True
     # -- baselines (section 8) --
@@ -96,7 +98,7 @@ def _paper(dataset: str) -> dict:
     common = dict(lr=0.1, lr_decay=0.1, momentum=0.9, refine_lr=0.005, inversion_lr=1e-3,
                   z_dim=1000, generator_width=128, content_temperature=1000.0, alpha_cb=1.0,
                   alpha_pr=1e-3, alpha_rf=50.0, lambda_ce=0.5, lambda_hkd=0.15, lambda_rkd=0.5,
-                  synthetic_pool=0, train_per_class=None, lr_incremental=None,
+                  synthetic_pool=0, rrl_forward="separate", train_per_class=None, lr_incremental=None,
                   inversion_batch_size=None, notes="")
     table = {
         "cifar100": dict(backbone="resnet32", epochs=200, refinement_epochs=40,
@@ -122,22 +124,24 @@ def _quick(dataset: str) -> dict:
             backbone="resnet20", epochs=40, refinement_epochs=10, milestones=[20],
             lr=0.1, lr_incremental=0.05, batch_size=64, weight_decay=5e-4, refine_lr=0.2,
             inversion_steps=300, inversion_batch_size=128, generator_width=64, z_dim=256,
-            synthetic_pool=2000, coverage_samples=1000,
+            synthetic_pool=2000, coverage_samples=1000, rrl_forward="joint",
             notes="quick: ResNet-20, 40 epochs (10 refinement), 300 inversion steps, "
                   "half-width generator with z_dim 256, replay from a pool of 2,000 synthetic "
                   "images, incremental lr 0.05, refinement lr 0.2 (30 refinement steps instead of "
-                  "the paper's ~1,560 at 0.005: a similar lr x steps)"),
+                  "the paper's ~1,560 at 0.005: a similar lr x steps), RRL over real + synthetic "
+                  "in one forward (rrl_forward joint; the published code runs two)"),
         "fashion-mnist": dict(
             backbone="resnet8", epochs=10, refinement_epochs=3, milestones=[5],
             lr=0.1, lr_incremental=0.05, batch_size=128, weight_decay=5e-4, refine_lr=0.2,
             train_per_class=1000, augment=False,
             inversion_steps=200, inversion_batch_size=64, generator_width=64, z_dim=256,
-            synthetic_pool=4000, coverage_samples=1000,
+            synthetic_pool=4000, coverage_samples=1000, rrl_forward="joint",
             notes="quick: 1,000 training images per class, ResNet-8, 10 epochs (3 refinement), "
                   "no augmentation, 200 inversion steps at batch 64, half-width generator with "
                   "z_dim 256, replay from a pool of 4,000 synthetic images, incremental lr 0.05, "
                   "refinement lr 0.2 (45 refinement steps instead of the paper's ~1,560 at 0.005: a "
-                  "similar lr x steps)"),
+                  "similar lr x steps), RRL over real + synthetic in one forward (rrl_forward joint; "
+                  "the published code runs two)"),
     }
     if dataset not in table:
         raise RdfcilError(f"preset 'quick' exists for {', '.join(table)}, not for '{dataset}'; "
@@ -245,6 +249,8 @@ def validate(c: Config) -> None:
     _check(c.method in METHODS, f"unknown method '{c.method}'; valid methods: {', '.join(METHODS)}")
     _check(c.backbone in BACKBONES, f"unknown backbone '{c.backbone}'; valid backbones: {', '.join(BACKBONES)}")
     _check(c.rkd in RKD_KINDS, f"unknown rkd '{c.rkd}'; valid: {', '.join(RKD_KINDS)}")
+    _check(c.rrl_forward in RRL_FORWARDS,
+           f"unknown rrl_forward '{c.rrl_forward}'; valid: {', '.join(RRL_FORWARDS)}")
     _check(c.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got '{c.precision}'")
     for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size"):
         value = getattr(c, name)

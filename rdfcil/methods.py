@@ -239,12 +239,13 @@ class RDFCIL(Method):
             ``w_ce = lambda_ce (1 + 1/alpha) / beta``, ``w_hkd = lambda_hkd alpha beta``,
             ``w_rkd = lambda_rkd alpha beta``; optimiser over backbone, head and P1, P2. The
             real and the synthetic batch go through the model in two forwards (the published
-            code's choice), so training-mode BatchNorm never mixes their statistics.
+            code's choice, ``rrl_forward = separate``) or in one (``joint``).
     Refine: backbone frozen (eval mode, no gradient), head only at constant ``refine_lr``:
             ``lambda_ce CE_w(real + synthetic) + w_hkd L_hkd`` with class weights from the
             running label counts of this task.
     Ablations: ``rkd`` = angle | distance | none; ``local_ce`` = False uses the global CE over
-    real + synthetic in RRL; ``refine`` = False gives RRL all the epochs.
+    real + synthetic in RRL; ``refine`` = False gives RRL all the epochs; ``rrl_forward`` =
+    separate | joint.
     """
 
     uses_generator = True
@@ -274,11 +275,7 @@ class RDFCIL(Method):
         alpha, beta = L.rrl_weights(task.n_old, task.n_new)
 
         def loss(x, y):
-            x_s, y_s, old_logits_s = self.replay.batch()
-            # Two forwards, as in the published code: BatchNorm normalises the real and the
-            # synthetic batch each with its own statistics.
-            logits, features = self.model(x, features=True)
-            logits_s = self.model(x_s)
+            logits, features, logits_s, y_s, old_logits_s = self.rrl_forward(x, y)
             if c.local_ce:
                 ce = L.local_ce(logits, y, task.n_old)
             else:
@@ -293,6 +290,20 @@ class RDFCIL(Method):
                 terms["rkd"] = c.lambda_rkd * alpha * beta * relation(projected, projected_old)
             return terms
         return loss
+
+    def rrl_forward(self, x, y):
+        """Current logits and features of the real batch, logits of a synthetic batch, its labels
+        and old logits. ``rrl_forward = separate`` (the published code) runs two forwards, so
+        training-mode BatchNorm normalises each batch with its own statistics; ``joint`` runs
+        one forward over the concatenation (shared statistics, as DeepInversion and ABD do)."""
+        if self.config.rrl_forward == "separate":
+            x_s, y_s, old_logits_s = self.replay.batch()
+            logits, features = self.model(x, features=True)
+            return logits, features, self.model(x_s), y_s, old_logits_s
+        inputs, labels, old_logits_s = self.with_replay(x, y)
+        logits, features = self.model(inputs, features=True)
+        n = len(x)
+        return logits[:n], features[:n], logits[n:], labels[n:], old_logits_s
 
     def refine_loss(self, task: Task):
         c = self.config
@@ -320,7 +331,8 @@ INVERSION_KEYS = {"inversion_steps", "inversion_lr", "inversion_batch_size", "z_
                   "content_temperature", "alpha_cb", "alpha_pr", "alpha_rf", "synthetic_pool",
                   "coverage_samples"}
 METHOD_KEYS = {
-    "rdfcil": {"refine_lr", "lambda_ce", "lambda_hkd", "lambda_rkd", "rkd", "local_ce", "refine"} | INVERSION_KEYS,
+    "rdfcil": {"refine_lr", "lambda_ce", "lambda_hkd", "lambda_rkd", "rkd", "local_ce", "refine",
+               "rrl_forward"} | INVERSION_KEYS,
     "abd": {"abd_mu"} | INVERSION_KEYS,
     "deepinversion": {"kd_temperature", "kd_weight"} | INVERSION_KEYS,
     "lwf": {"kd_temperature", "kd_weight"},

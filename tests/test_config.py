@@ -22,6 +22,7 @@ def test_paper_preset_cifar100_10_tasks_is_method_md_section_7():
     assert (c.lambda_ce, c.lambda_hkd, c.lambda_rkd) == (0.5, 0.15, 0.5)
     assert (c.synthetic_pool, c.train_per_class, c.lr_incremental, c.inversion_batch_size) == (0, None, None, None)
     assert c.num_tasks == 10 and c.first_task_classes is None and c.notes == ""
+    assert c.rrl_forward == "separate"  # two forwards per RRL step, as the published code
 
 
 def test_paper_preset_tiny_imagenet_and_imagenet100():
@@ -37,6 +38,7 @@ def test_quick_preset_says_how_it_departs_from_the_paper():
         c = resolve({"dataset": dataset, "preset": "quick"})
         assert c.notes.startswith("quick:") and "pool" in c.notes
         assert c.synthetic_pool > 0
+        assert c.rrl_forward == "joint" and "rrl_forward joint" in c.notes
 
 
 def test_yaml_file_then_overrides(tmp_path):
@@ -56,6 +58,7 @@ def test_yaml_file_then_overrides(tmp_path):
     ({"wieght_decay": 0.1}, "did you mean 'weight_decay'"),
     ({"epoch": 3}, "did you mean 'epochs'"),
     ({"dataset": "digits", "preset": "paper"}, "preset 'paper' exists for"),
+    ({"rrl_forward": "both"}, "valid: separate, joint"),
 ])
 def test_bad_values_give_one_line(overrides, fragment):
     with pytest.raises(RdfcilError) as err:

@@ -1,5 +1,7 @@
 """Fidelity of the method's parts: inversion, the RRL step, classifier refinement."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -100,10 +102,13 @@ def test_rrl_gradients_reach_both_projections(trained_base):
 
 
 
-def test_rrl_normalises_real_and_synthetic_batches_separately(trained_base):
-    """The published RRL step runs two forwards, so training-mode BatchNorm sees the real batch
-    and the synthetic batch each alone, never their concatenation."""
+@pytest.mark.parametrize("forward, expected", [("separate", [24, 64]), ("joint", [24 + 64])])
+def test_rrl_forward_sets_which_batches_batchnorm_sees(trained_base, forward, expected):
+    """``separate`` (the published code) runs two forwards, so training-mode BatchNorm sees the
+    real batch and the synthetic batch each alone; ``joint`` runs one over their concatenation."""
     config, bench, model, method, task1 = _incremental(trained_base)
+    method.config = dataclasses.replace(config, rrl_forward=forward)
+    assert config.batch_size == 64
     rrl, _ = method.phases(task1)
     first_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     sizes = []
@@ -111,10 +116,11 @@ def test_rrl_normalises_real_and_synthetic_batches_separately(trained_base):
     x, y = next(bench.train.batches(task1.classes, 24, shuffle=True))
     model.train()
     try:
-        rrl.loss(x, y)
+        terms = rrl.loss(x, y)
     finally:
         handle.remove()
-    assert sizes == [24, config.batch_size], sizes  # real batch, then the synthetic batch
+    assert sizes == expected, sizes
+    assert set(terms) == {"local_ce", "hkd", "rkd"} and all(torch.isfinite(v) for v in terms.values())
 def test_refinement_leaves_backbone_bit_identical(trained_base):
     config, bench, model, method, task1 = _incremental(trained_base)
     _, refine = method.phases(task1)
