@@ -304,3 +304,63 @@ def task_view(view: RunView, task: int, per_class: int = 40, synthetic: int = 40
             "confusion": view.confusion(task), "features": features(view.model(task), x).cpu(),
             "feature_labels": y.cpu(), "task": task, "tasks": view.results.tasks[:task + 1],
             "denormalize": view.bench.test.denormalize}
+
+
+def _fit_head(train_features: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int,
+              seed: int, class_weights: torch.Tensor | None = None) -> torch.nn.Linear:
+    """A bias-free linear head fitted to frozen features by full-batch Adam (lr 0.01)."""
+    generator = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(train_features.shape[1], num_classes, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(0.01 * torch.randn(head.weight.shape, generator=generator))
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(head(train_features), labels, weight=class_weights)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return head
+
+
+def head_ceilings(view: RunView, task: int, steps: int = 500, synthetic: int = 4000, seed: int = 0) -> dict:
+    """How much of the accuracy after ``task`` the backbone's features allow, against what the
+    classifier reached. On the frozen features of the model after ``task``, three heads are
+    scored on the test images of every seen class (accuracy on all, old and new classes, %):
+
+    - ``model``: the model's own head (the run's accuracy);
+    - ``real``: a linear head fitted to real training images of every seen class (not
+      data-free: the ceiling the features allow);
+    - ``synthetic``: a linear head fitted, with the refinement's class weights, to the real
+      training images of the task's new classes plus ``synthetic`` images of the generator
+      inverted after ``task - 1`` labelled by the old model: what classifier refinement could
+      reach with this replay if it ran to convergence.
+
+    A large ``real - synthetic`` gap says the synthetic images stand for the real old classes
+    poorly in the current feature space; a large ``synthetic - model`` gap says refinement
+    stopped short."""
+    from .losses import class_weights
+    if not 1 <= task < view.num_finished:
+        raise RdfcilError(f"head_ceilings needs a finished incremental task in 1..{view.num_finished - 1}, got {task}")
+    if view.generator(task - 1) is None:
+        raise RdfcilError(f"method '{view.config.method}' trains no generator: no synthetic ceiling to measure")
+    model, seen, new = view.model(task), view.bench.seen(task), view.bench.tasks[task]
+    x_test, y_test = view.real(seen)
+    test_features = features(model, x_test)
+    x_train, y_train = view.real(seen, split="train")
+    x_new, y_new = view.real(new, split="train")
+    x_syn, y_syn = view.synthetic(task - 1, synthetic, seed)
+    mixed_labels = torch.cat([y_new, y_syn])
+    weights = class_weights(torch.bincount(mixed_labels, minlength=len(seen)).float())
+    heads = {"real": _fit_head(features(model, x_train), y_train, len(seen), steps, seed),
+             "synthetic": _fit_head(torch.cat([features(model, x_new), features(model, x_syn)]), mixed_labels,
+                                    len(seen), steps, seed, weights)}
+    scores = {}
+    with torch.no_grad():
+        predictions = {"model": model.head(test_features).argmax(1),
+                       **{name: head(test_features).argmax(1) for name, head in heads.items()}}
+    old = y_test < new.start
+    for name, predicted in predictions.items():
+        correct = (predicted == y_test).double()
+        scores[name] = {"all": 100.0 * correct.mean().item(), "old": 100.0 * correct[old].mean().item(),
+                        "new": 100.0 * correct[~old].mean().item()}
+    return scores

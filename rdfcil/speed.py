@@ -100,7 +100,8 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     model = build_model(config.backbone, spec.channels, spec.image_size).to(device)
     model.head.add_task(len(bench.tasks[0]))
     out: dict = {"device": str(device), "dataset": config.dataset, "backbone": config.backbone,
-                 "batch_size": b, "precision": config.precision, "torch": str(torch.__version__)}
+                 "batch_size": b, "precision": config.precision, "rrl_forward": config.rrl_forward,
+                 "torch": str(torch.__version__)}
 
     # 1. ceiling: forward + backward + SGD on random tensors already on the device
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -181,8 +182,10 @@ def time_rrl(model, method, rrl, refine, x, y, task, timer, autocast, steps) -> 
 
     def current():
         with autocast:
-            # two forwards, as in the RRL step: real and synthetic never share BatchNorm statistics
-            loss = F.cross_entropy(model(x).float(), y) + F.cross_entropy(model(xs).float(), ys)
+            if method.config.rrl_forward == "separate":  # as the RRL step: two forwards, or one
+                loss = F.cross_entropy(model(x).float(), y) + F.cross_entropy(model(xs).float(), ys)
+            else:
+                loss = F.cross_entropy(model(torch.cat([x, xs])).float(), torch.cat([y, ys]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -251,7 +254,8 @@ def table(m: dict) -> str:
          f"{m['rrl_s'] / rrl_parts:.2f} x sum of parts; {(b / m['rrl_s']) / lab:.2f} x Finetune"),
         ("  part: synthetic batch", "", f"{1000 * m['rrl_part_sampling_s']:.1f} ms", ""),
         ("  part: old model forwards", "", f"{1000 * m['rrl_part_old_forward_s']:.1f} ms", ""),
-        ("  part: current fwd+bwd (real, synthetic)", "", f"{1000 * m['rrl_part_current_fwd_bwd_s']:.1f} ms", ""),
+        (f"  part: current fwd+bwd (real + synthetic, {m.get('rrl_forward', 'joint')} forward)", "",
+         f"{1000 * m['rrl_part_current_fwd_bwd_s']:.1f} ms", ""),
         ("  part: RKD angle tensors", "", f"{1000 * m['rrl_part_rkd_angles_s']:.1f} ms", ""),
         ("R-DFCIL refinement step", f"{b / m['refine_s']:,.0f} real img/s", f"{1000 * m['refine_s']:.1f} ms/step", ""),
         (f"inversion step (batch {m['inversion_batch']})", f"{1 / m['inversion_s']:.1f} steps/s",

@@ -32,6 +32,19 @@ def test_rdfcil_beats_finetune_by_ten_points(quick_runs):
     assert rd.final_accuracy >= ft.final_accuracy + 10.0, (rd.final_accuracy, ft.final_accuracy)
 
 
+def test_head_ceilings_score_the_model_head_and_two_fitted_heads(quick_runs):
+    from rdfcil.analysis import head_ceilings, load_run
+    rd = quick_runs["rdfcil"]
+    scores = head_ceilings(load_run(rd.config["out"]), 4, steps=200, synthetic=1000)
+    assert set(scores) == {"model", "real", "synthetic"}
+    assert scores["model"]["all"] == pytest.approx(rd.final_accuracy, abs=1e-9)  # the run's own number
+    assert scores["model"]["old"] == pytest.approx(rd.old_accuracy[-1], abs=1e-9)
+    assert scores["real"]["all"] > 80.0  # the features separate all 10 digits given real data
+    assert scores["synthetic"]["all"] > 30.0  # far above chance (10 %) without any real old image
+    with pytest.raises(RdfcilError, match="finished incremental task"):
+        head_ceilings(load_run(rd.config["out"]), 0)
+
+
 def test_results_json_holds_every_field(quick_runs, tmp_path):
     rd = quick_runs["rdfcil"]
     folder = rd.config["out"]
