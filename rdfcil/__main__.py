@@ -55,10 +55,22 @@ def command_list() -> None:
     print("aliases:  " + ", ".join(f"--{a} = --{b.replace('_', '-')}" for a, b in ALIASES.items()))
 
 
+def close_process_group() -> None:
+    """Under torchrun, leave the process group before the interpreter exits: left to teardown,
+    gloo's threads can abort a finished process ("terminate called without an active
+    exception", SIGABRT)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def command_run(args, extra) -> None:
     from .engine import run
     config = resolve(split_overrides(extra), args.config)
-    results = run(config, resume=not args.no_resume, force=args.force)
+    try:
+        results = run(config, resume=not args.no_resume, force=args.force)
+    finally:
+        close_process_group()
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     print(f"{results.method} on {results.dataset}, {results.num_tasks} tasks, seed {results.seed}: "

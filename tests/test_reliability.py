@@ -24,6 +24,8 @@ METRICS = ("accuracy_matrix", "accuracy_per_task", "final_accuracy", "average_in
 
 
 def cli(args, **kwargs):
+    # One thread each: two runs side by side on two cores must not oversubscribe them.
+    kwargs.setdefault("env", {**os.environ, "OMP_NUM_THREADS": "1"})
     return subprocess.Popen([sys.executable, "-m", "rdfcil", "run", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
