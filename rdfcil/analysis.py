@@ -15,7 +15,7 @@ from .engine import Results, pick_device
 from .errors import RdfcilError
 from .inversion import Generator, frozen_copy, sample
 from .io import load_checkpoint, read_json
-from .losses import angle_relations, distance_relations
+from .losses import angle_relations, class_weights, distance_relations
 from .nets import IncrementalNet, build_model
 
 
@@ -307,7 +307,7 @@ def task_view(view: RunView, task: int, per_class: int = 40, synthetic: int = 40
 
 
 def _fit_head(train_features: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int,
-              seed: int, class_weights: torch.Tensor | None = None) -> torch.nn.Linear:
+              seed: int, weights: torch.Tensor | None = None) -> torch.nn.Linear:
     """A bias-free linear head fitted to frozen features by full-batch Adam (lr 0.01)."""
     generator = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(train_features.shape[1], num_classes, bias=False)
@@ -315,7 +315,7 @@ def _fit_head(train_features: torch.Tensor, labels: torch.Tensor, num_classes: i
         head.weight.copy_(0.01 * torch.randn(head.weight.shape, generator=generator))
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(head(train_features), labels, weight=class_weights)
+        loss = torch.nn.functional.cross_entropy(head(train_features), labels, weight=weights)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -338,7 +338,6 @@ def head_ceilings(view: RunView, task: int, steps: int = 500, synthetic: int = 4
     A large ``real - synthetic`` gap says the synthetic images stand for the real old classes
     poorly in the current feature space; a large ``synthetic - model`` gap says refinement
     stopped short."""
-    from .losses import class_weights
     if not 1 <= task < view.num_finished:
         raise RdfcilError(f"head_ceilings needs a finished incremental task in 1..{view.num_finished - 1}, got {task}")
     if view.generator(task - 1) is None:

@@ -275,7 +275,8 @@ class RDFCIL(Method):
         alpha, beta = L.rrl_weights(task.n_old, task.n_new)
 
         def loss(x, y):
-            logits, features, logits_s, y_s, old_logits_s = self.rrl_forward(x, y)
+            x_s, y_s, old_logits_s = self.replay.batch()
+            logits, features, logits_s = self.forward_real_and_synthetic(x, x_s)
             if c.local_ce:
                 ce = L.local_ce(logits, y, task.n_old)
             else:
@@ -291,19 +292,17 @@ class RDFCIL(Method):
             return terms
         return loss
 
-    def rrl_forward(self, x, y):
-        """Current logits and features of the real batch, logits of a synthetic batch, its labels
-        and old logits. ``rrl_forward = separate`` (the published code) runs two forwards, so
-        training-mode BatchNorm normalises each batch with its own statistics; ``joint`` runs
-        one forward over the concatenation (shared statistics, as DeepInversion and ABD do)."""
+    def forward_real_and_synthetic(self, x, x_s):
+        """Logits and features of the real batch, logits of the synthetic batch.
+        ``rrl_forward = separate`` (the published code) runs two forwards, so training-mode
+        BatchNorm normalises each batch with its own statistics; ``joint`` runs one forward over
+        the concatenation (shared statistics, as DeepInversion and ABD do)."""
         if self.config.rrl_forward == "separate":
-            x_s, y_s, old_logits_s = self.replay.batch()
             logits, features = self.model(x, features=True)
-            return logits, features, self.model(x_s), y_s, old_logits_s
-        inputs, labels, old_logits_s = self.with_replay(x, y)
-        logits, features = self.model(inputs, features=True)
+            return logits, features, self.model(x_s)
+        logits, features = self.model(torch.cat([x, x_s]), features=True)
         n = len(x)
-        return logits[:n], features[:n], logits[n:], labels[n:], old_logits_s
+        return logits[:n], features[:n], logits[n:]
 
     def refine_loss(self, task: Task):
         c = self.config

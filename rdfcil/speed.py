@@ -182,10 +182,8 @@ def time_rrl(model, method, rrl, refine, x, y, task, timer, autocast, steps) -> 
 
     def current():
         with autocast:
-            if method.config.rrl_forward == "separate":  # as the RRL step: two forwards, or one
-                loss = F.cross_entropy(model(x).float(), y) + F.cross_entropy(model(xs).float(), ys)
-            else:
-                loss = F.cross_entropy(model(torch.cat([x, xs])).float(), torch.cat([y, ys]))
+            logits, _, logits_s = method.forward_real_and_synthetic(x, xs)  # as the RRL step does
+            loss = F.cross_entropy(logits.float(), y) + F.cross_entropy(logits_s.float(), ys)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -101,7 +101,6 @@ def test_rrl_gradients_reach_both_projections(trained_base):
     assert any(p is method.projections.old.weight for p in rrl.parameters)
 
 
-
 @pytest.mark.parametrize("forward, expected", [("separate", [24, 64]), ("joint", [24 + 64])])
 def test_rrl_forward_sets_which_batches_batchnorm_sees(trained_base, forward, expected):
     """``separate`` (the published code) runs two forwards, so training-mode BatchNorm sees the
@@ -121,6 +120,8 @@ def test_rrl_forward_sets_which_batches_batchnorm_sees(trained_base, forward, ex
         handle.remove()
     assert sizes == expected, sizes
     assert set(terms) == {"local_ce", "hkd", "rkd"} and all(torch.isfinite(v) for v in terms.values())
+
+
 def test_refinement_leaves_backbone_bit_identical(trained_base):
     config, bench, model, method, task1 = _incremental(trained_base)
     _, refine = method.phases(task1)
