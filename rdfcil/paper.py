@@ -74,8 +74,10 @@ DEFAULTS = {
     "digits": {
         "methods": ["finetune", "lwf", "rdfcil", "joint"], "task_counts": [5], "seeds": [0],
         "first_task_classes": None, "preset": "quick",
-        # A lighter quick budget: inversion dominates the cost of a digits run on a CPU.
-        "overrides": {"epochs": 30, "refinement_epochs": 8, "milestones": [15], "inversion_steps": 200},
+        # A lighter budget than the quick preset (a 30-epoch schedule, 200 inversion steps), with
+        # the incremental lr 0.05 that short schedules need (METHOD.md section 10).
+        "overrides": {"epochs": 30, "refinement_epochs": 8, "milestones": [15], "inversion_steps": 200,
+                      "lr_incremental": 0.05},
     },
     "fashion-mnist": {
         "methods": ["finetune", "lwf", "rdfcil", "joint"], "task_counts": [5], "seeds": [0],

@@ -41,6 +41,17 @@ def test_quick_preset_says_how_it_departs_from_the_paper():
         assert c.rrl_forward == "joint" and "rrl_forward joint" in c.notes
 
 
+def test_digits_quick_preset_runs_the_paper_schedule_and_the_demo_a_lighter_one():
+    c = resolve({"dataset": "digits", "preset": "quick"})
+    assert (c.epochs, c.refinement_epochs, c.milestones, c.lr, c.lr_incremental) == (200, 40, [80, 120], 0.1, None)
+    assert "lr 0.1 on every task" in c.notes
+    from rdfcil import paper
+    demo = resolve({**paper.defaults("digits")["overrides"], "dataset": "digits", "preset": "quick"})
+    assert (demo.epochs, demo.refinement_epochs, demo.milestones, demo.lr_incremental) == (30, 8, [15], 0.05)
+    f = resolve({"dataset": "fashion-mnist", "preset": "quick"})
+    assert (f.epochs, f.lr_incremental) == (10, 0.05) and "incremental lr 0.05" in f.notes
+
+
 def test_yaml_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"dataset": "digits", "epochs": 7, "refinement_epochs": 2, "method": "lwf"}))
