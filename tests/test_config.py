@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rdfcil import paper
 from rdfcil.config import Config, resolve
 from rdfcil.errors import RdfcilError
 
@@ -45,7 +46,6 @@ def test_digits_quick_preset_runs_the_paper_schedule_and_the_demo_a_lighter_one(
     c = resolve({"dataset": "digits", "preset": "quick"})
     assert (c.epochs, c.refinement_epochs, c.milestones, c.lr, c.lr_incremental) == (200, 40, [80, 120], 0.1, None)
     assert "lr 0.1 on every task" in c.notes
-    from rdfcil import paper
     demo = resolve({**paper.defaults("digits")["overrides"], "dataset": "digits", "preset": "quick"})
     assert (demo.epochs, demo.refinement_epochs, demo.milestones, demo.lr_incremental) == (30, 8, [15], 0.05)
     f = resolve({"dataset": "fashion-mnist", "preset": "quick"})
