@@ -13,7 +13,7 @@ from .config import Config, read_yaml, validate
 from .data import Benchmark, load_benchmark
 from .engine import Results, pick_device
 from .errors import RdfcilError
-from .inversion import Generator, frozen_copy, sample
+from .inversion import Generator, build_generator, frozen_copy, sample
 from .io import load_checkpoint, read_json
 from .losses import angle_relations, class_weights, distance_relations
 from .nets import IncrementalNet, build_model
@@ -59,21 +59,20 @@ class RunView:
     def model(self, task: int) -> IncrementalNet:
         """The model after ``task`` (eval mode)."""
         spec = self.bench.spec
-        model = build_model(self.config.backbone, spec.channels, spec.image_size)
+        model = build_model(self.config.backbone, spec.channels, spec.image_size, pick_device(self.device))
         for t in range(task + 1):
             model.head.add_task(len(self.bench.tasks[t]))
-        model.load_state_dict(self.checkpoint(task)["model"])
-        return model.to(pick_device(self.device)).eval()
+        model.load_state_dict(self.checkpoint(task)["model"])  # loaded with map_location = the device
+        return model.eval()
 
     def generator(self, task: int) -> Generator | None:
         """The generator inverted from the model after ``task`` (None for methods without one)."""
         state = self.checkpoint(task)["method"].get("generator")
         if state is None:
             return None
-        c, spec = self.config, self.bench.spec
-        g = Generator(spec.image_size, spec.channels, c.z_dim, c.generator_width)
+        g = build_generator(self.config, self.bench.spec, pick_device(self.device))
         g.load_state_dict(state)
-        return g.to(pick_device(self.device)).eval()
+        return g.eval()
 
     def synthetic(self, task: int, n: int, seed: int = 0):
         """``n`` synthetic images of the generator after ``task`` with the old model's labels."""
@@ -178,9 +177,8 @@ def real_per_class(view: RunView, classes: range, per_class: int, split: str = "
 
 def untrained_generator(view: RunView, seed: int = 0) -> Generator:
     """A freshly initialised generator of the run's shape (eval mode): 'before inversion'."""
-    c, spec = view.config, view.bench.spec
     torch.manual_seed(seed)
-    return Generator(spec.image_size, spec.channels, c.z_dim, c.generator_width).to(pick_device(view.device)).eval()
+    return build_generator(view.config, view.bench.spec, pick_device(view.device)).eval()
 
 
 def draw(generator: Generator, model: torch.nn.Module, n: int, seed: int = 0):

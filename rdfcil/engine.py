@@ -133,8 +133,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
     augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
     check = FiniteCheck(task, phase.name, last_checkpoint)
-    device = next(model.parameters()).device
-    autocast = autocast_for(device, config.precision)
+    autocast = autocast_for(model.device, config.precision)
     steps_per_epoch = bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
     bar = progress(phase.epochs * steps_per_epoch, f"task {task} {phase.name}") if progress else None
     history: dict[str, list[float]] = {}
@@ -180,7 +179,7 @@ def evaluate(model, bench: Benchmark, seen: range, batch_size: int, precision: s
     ddp = ddp or Distributed()
     model.eval()
     targets, predictions = [], []
-    device = next(model.parameters()).device
+    device = model.device
     for x, y in bench.test.batches(seen, batch_size):
         with autocast_for(device, precision):
             logits = model(ddp.shard(x))[:, :seen.stop]
@@ -265,7 +264,7 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
         return start
 
     torch.manual_seed(c.seed)
-    model = build_model(c.backbone, bench.spec.channels, bench.spec.image_size).to(device)
+    model = build_model(c.backbone, bench.spec.channels, bench.spec.image_size, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if c.compile:
@@ -365,7 +364,7 @@ def add_task_metrics(record: dict, confusion: np.ndarray, bench: Benchmark, t: i
 
 def restore(folder: Path, start: int, model, method: Method, bench: Benchmark, c: Config):
     """Load the checkpoint of task ``start - 1`` into ``model`` and ``method``."""
-    state = load_checkpoint(folder / f"task_{start - 1}.pt", map_location=next(model.parameters()).device)
+    state = load_checkpoint(folder / f"task_{start - 1}.pt", map_location=model.device)
     for t in range(start):
         model.head.add_task(len(bench.tasks[t]))
     model.load_state_dict(state["model"])

@@ -33,8 +33,12 @@ class Generator(nn.Module):
     1e-5, which damps the normalisation); it is kept on purpose.
     """
 
-    def __init__(self, image_size: int, channels: int, z_dim: int = 1000, width: int = 128):
+    def __init__(self, image_size: int, channels: int, z_dim: int = 1000, width: int = 128, device=None):
         super().__init__()
+        with torch.device(device or "cpu"):  # parameters and buffers are created on the device
+            self._build(image_size, channels, z_dim, width)
+
+    def _build(self, image_size: int, channels: int, z_dim: int, width: int) -> None:
         n_up = 2 if image_size <= 32 else 3 if image_size <= 64 else 5
         if image_size >= 224:
             width = min(width, 64)
@@ -58,8 +62,14 @@ class Generator(nn.Module):
         x = self.project(z).view(len(z), self.width, self.start, self.start)
         return self.to_image(self.stages(self.bn0(x)))
 
-    def sample_z(self, n: int, device) -> torch.Tensor:
-        return torch.randn(n, self.z_dim, device=device)
+    def sample_z(self, n: int, device=None) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, device=device or self.project.weight.device)
+
+
+def build_generator(config, spec, device) -> Generator:
+    """The run's generator for ``spec``'s images (``z_dim``, ``generator_width`` from the config),
+    created on ``device``."""
+    return Generator(spec.image_size, spec.channels, config.z_dim, config.generator_width, device=device)
 
 
 # --------------------------------------------------------------------------- losses

@@ -90,10 +90,10 @@ class RelationProjections(nn.Module):
     """The two learnable linear projections of RKD, ``P1`` (current features) and ``P2`` (old
     features), each ``feature_dim -> 2 * feature_dim``, trained with the model."""
 
-    def __init__(self, feature_dim: int):
+    def __init__(self, feature_dim: int, device=None):
         super().__init__()
-        self.current = nn.Linear(feature_dim, 2 * feature_dim)
-        self.old = nn.Linear(feature_dim, 2 * feature_dim)
+        self.current = nn.Linear(feature_dim, 2 * feature_dim, device=device)
+        self.old = nn.Linear(feature_dim, 2 * feature_dim, device=device)
 
     def forward(self, features: torch.Tensor, old_features: torch.Tensor):
         with torch.autocast(features.device.type, enabled=False):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import losses as L
-from .inversion import (Generator, SyntheticReplay, class_coverage, frozen_copy, sample,
+from .inversion import (Generator, SyntheticReplay, build_generator, class_coverage, frozen_copy, sample,
                         train_generator)
 
 
@@ -124,8 +124,7 @@ class Method:
 
     def invert(self, task: Task, progress_factory=None, check=None) -> dict:
         c = self.config
-        device = next(self.model.parameters()).device
-        self.generator = Generator(self.spec.image_size, self.spec.channels, c.z_dim, c.generator_width).to(device)
+        self.generator = build_generator(c, self.spec, self.model.device)
         weights = dict(content_temperature=c.content_temperature, alpha_cb=c.alpha_cb,
                        alpha_pr=c.alpha_pr, alpha_rf=c.alpha_rf)
         bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
@@ -154,9 +153,7 @@ class Method:
         if (self.keeps_old_model or self.uses_generator) and not task.is_last:
             self.old_model = frozen_copy(self.model)
         if "generator" in state:
-            c = self.config
-            device = next(self.model.parameters()).device
-            self.generator = Generator(self.spec.image_size, self.spec.channels, c.z_dim, c.generator_width).to(device)
+            self.generator = build_generator(self.config, self.spec, self.model.device)
             self.generator.load_state_dict(state["generator"])
             self.generator.eval()
 
@@ -259,8 +256,7 @@ class RDFCIL(Method):
 
     def incremental_phases(self, task: Task) -> list[Phase]:
         c = self.config
-        device = next(self.model.parameters()).device
-        self.projections = L.RelationProjections(self.model.feature_dim).to(device)
+        self.projections = L.RelationProjections(self.model.feature_dim, self.model.device)
         refine_epochs = c.refinement_epochs if c.refine else 0
         rrl = self.phase("rrl", task, self.rrl_loss(task), epochs=c.epochs - refine_epochs,
                          extra=(self.projections,))
@@ -307,8 +303,7 @@ class RDFCIL(Method):
     def refine_loss(self, task: Task):
         c = self.config
         alpha, beta = L.rrl_weights(task.n_old, task.n_new)
-        device = next(self.model.parameters()).device
-        counts = torch.zeros(task.seen.stop, device=device)
+        counts = torch.zeros(task.seen.stop, device=self.model.device)
 
         def loss(x, y):
             inputs, labels, old_logits_s = self.with_replay(x, y)

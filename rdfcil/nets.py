@@ -74,33 +74,39 @@ def imagenet_resnet18(channels: int, image_size: int) -> nn.Module:
     return net
 
 
-def build_backbone(name: str, channels: int, image_size: int) -> nn.Module:
+def build_backbone(name: str, channels: int, image_size: int, device=None) -> nn.Module:
+    """The backbone ``name``, its parameters and buffers created on ``device`` (default: CPU)."""
     depths = {"resnet8": 8, "resnet14": 14, "resnet20": 20, "resnet32": 32}
-    if name in depths:
-        return CifarResNet(depths[name], channels)
-    if name == "resnet18":
+    if name not in depths and name != "resnet18":
+        raise RdfcilError(f"unknown backbone '{name}'; valid: {', '.join(list(depths) + ['resnet18'])}")
+    with torch.device(device or "cpu"):  # every tensor made in here lands on the device
+        if name in depths:
+            return CifarResNet(depths[name], channels)
         return imagenet_resnet18(channels, image_size)
-    raise RdfcilError(f"unknown backbone '{name}'; valid: {', '.join(list(depths) + ['resnet18'])}")
 
 
 class IncrementalHead(nn.Module):
     """Concatenated bias-free linears, one per task: ``logits = [W_0 f, W_1 f, ..., W_t f]``."""
 
-    def __init__(self, feature_dim: int):
+    def __init__(self, feature_dim: int, device=None):
         super().__init__()
         self.feature_dim = feature_dim
         self.tasks = nn.ModuleList()
+        # An empty, non-persistent buffer: it follows ``.to()`` and tells ``add_task`` where the
+        # model lives even before the first task's linear exists.
+        self.register_buffer("anchor", torch.empty(0, device=device), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.anchor.device
 
     @property
     def num_classes(self) -> int:
         return sum(layer.out_features for layer in self.tasks)
 
     def add_task(self, num_classes: int) -> nn.Linear:
-        """Append a linear for ``num_classes`` new classes, on the device of the existing ones."""
-        layer = nn.Linear(self.feature_dim, num_classes, bias=False)
-        reference = next(iter(self.parameters()), None)
-        if reference is not None:
-            layer = layer.to(reference.device)
+        """Append a linear for ``num_classes`` new classes, created on the head's device."""
+        layer = nn.Linear(self.feature_dim, num_classes, bias=False, device=self.device)
         self.tasks.append(layer)
         return layer
 
@@ -120,7 +126,12 @@ class IncrementalNet(nn.Module):
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        self.head = IncrementalHead(backbone.feature_dim)
+        device = next(backbone.parameters()).device
+        self.head = IncrementalHead(backbone.feature_dim, device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.device
 
     @property
     def feature_dim(self) -> int:
@@ -135,5 +146,7 @@ class IncrementalNet(nn.Module):
         return (logits, f) if features else logits
 
 
-def build_model(backbone: str, channels: int, image_size: int) -> IncrementalNet:
-    return IncrementalNet(build_backbone(backbone, channels, image_size))
+def build_model(backbone: str, channels: int, image_size: int, device=None) -> IncrementalNet:
+    """Backbone + empty head, built on ``device`` (CPU, CUDA or ``meta``): nothing is moved
+    after construction, and the head's later tasks are created where the model lives."""
+    return IncrementalNet(build_backbone(backbone, channels, image_size, device))

@@ -21,7 +21,7 @@ from . import losses as L
 from .config import resolve
 from .data import load_benchmark
 from .engine import evaluate, pick_device, train_phase
-from .inversion import BatchNormStatistics, Generator, frozen_copy, inversion_losses
+from .inversion import BatchNormStatistics, build_generator, frozen_copy, inversion_losses
 from .io import write_json
 from .methods import RDFCIL, Finetune, Task
 from .nets import build_model
@@ -97,7 +97,7 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else nullcontext()
     timer = Timer(device)
     torch.manual_seed(0)
-    model = build_model(config.backbone, spec.channels, spec.image_size).to(device)
+    model = build_model(config.backbone, spec.channels, spec.image_size, device)
     model.head.add_task(len(bench.tasks[0]))
     out: dict = {"device": str(device), "dataset": config.dataset, "backbone": config.backbone,
                  "batch_size": b, "precision": config.precision, "rrl_forward": config.rrl_forward,
@@ -138,7 +138,7 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     # 4. R-DFCIL: freeze, a generator, task 1's RRL and refinement steps and their parts
     method = RDFCIL(config, model, spec)
     method.old_model = frozen_copy(model)
-    method.generator = Generator(spec.image_size, spec.channels, config.z_dim, config.generator_width).to(device).eval()
+    method.generator = build_generator(config, spec, device).eval()
     task1 = Task(1, bench.tasks[1], 2)
     model.head.add_task(task1.n_new)
     method.begin_task(task1)
@@ -203,7 +203,7 @@ def time_rrl(model, method, rrl, refine, x, y, task, timer, autocast, steps) -> 
 def time_inversion(method, config, spec, device, timer, autocast, steps) -> dict:
     """One inversion step (G forward, M_old forward with BN hooks, 4 losses, backward, Adam)
     against its parts: G forward+backward+Adam alone, and M_old's part alone."""
-    g = Generator(spec.image_size, spec.channels, config.z_dim, config.generator_width).to(device).train()
+    g = build_generator(config, spec, device).train()
     opt = torch.optim.Adam(g.parameters(), lr=1e-3)
     batch = config.inversion_batch_size or config.batch_size
     weights = dict(content_temperature=config.content_temperature, alpha_cb=config.alpha_cb,

@@ -1,0 +1,111 @@
+"""Everything the lab creates lands on the run's device by construction.
+
+Built on ``meta`` (a device other than the CPU that exists everywhere): a module or tensor left
+on the CPU shows up here, on a machine without a GPU, instead of crashing the first CUDA run."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from rdfcil import losses as L
+from rdfcil.analysis import load_run
+from rdfcil.config import resolve
+from rdfcil.data import SPECS
+from rdfcil.engine import restore, run
+from rdfcil.inversion import SyntheticReplay, build_generator, frozen_copy
+from rdfcil.methods import Task, build_method
+from rdfcil.nets import build_model
+
+META = torch.device("meta")
+TINY = {"dataset": "digits", "tasks": 2, "backbone": "resnet8", "epochs": 2, "refinement_epochs": 1,
+        "milestones": [1], "batch_size": 64, "inversion_steps": 3, "z_dim": 16, "generator_width": 16,
+        "synthetic_pool": 64, "coverage_samples": 64, "progress": False, "device": "cpu"}
+
+
+def misplaced(module: torch.nn.Module, device: torch.device) -> list[str]:
+    """Names of the parameters and buffers of ``module`` that are not on ``device``."""
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    return [name for name, t in tensors if t.device != device]
+
+
+@pytest.mark.parametrize("backbone, size, channels", [("resnet32", 32, 3), ("resnet8", 8, 1), ("resnet18", 224, 3),
+                                                      ("resnet18", 32, 3)])
+def test_model_and_grown_head_are_built_on_the_device(backbone, size, channels):
+    model = build_model(backbone, channels, size, META)
+    for n in (50, 10, 10):
+        model.head.add_task(n)
+    assert model.device == META and misplaced(model, META) == []
+    logits, features = model(torch.empty(2, channels, size, size, device=META), features=True)
+    assert logits.shape == (2, 70) and logits.device == META and features.device == META
+
+
+def test_head_added_after_to_follows_the_model():
+    """The bug of the first H100 run: a model moved after construction, then its first task added."""
+    model = build_model("resnet8", 1, 8).to(META)
+    model.head.add_task(5)
+    assert misplaced(model, META) == []
+
+
+def test_cpu_model_keeps_its_state_dict_keys():
+    """The head's device anchor is not persistent: checkpoints keep the same keys as before."""
+    model = build_model("resnet8", 1, 8)
+    model.head.add_task(2)
+    assert not any("anchor" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("method", ["finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil"])
+def test_method_modules_replay_and_counts_are_on_the_device(method):
+    config = resolve({**TINY, "method": method})
+    spec = SPECS["digits"]
+    model = build_model(config.backbone, spec.channels, spec.image_size, META)
+    m = build_method(config, model, spec)
+    model.head.add_task(5)
+    m.old_model = frozen_copy(model)
+    m.generator = build_generator(config, spec, model.device)
+    model.head.add_task(5)
+    task = Task(1, range(5, 10), 2)
+    m.begin_task(task)
+    phases = m.incremental_phases(task)
+    assert misplaced(model, META) == [] and misplaced(m.old_model, META) == [] and misplaced(m.generator, META) == []
+    for name, module in m.extra_modules().items():
+        assert misplaced(module, META) == [], name
+    assert all(p.device == META for phase in phases for p in phase.parameters)
+    replay = SyntheticReplay(m.generator, m.old_model, 8, pool_size=16)
+    assert all(t.device == META for t in replay.pool) and all(t.device == META for t in replay.batch())
+    fresh = SyntheticReplay(m.generator, m.old_model, 8, pool_size=0)
+    assert all(t.device == META for t in fresh.batch())
+
+
+def test_projections_and_generator_constructors_take_the_device():
+    assert misplaced(L.RelationProjections(64, META), META) == []
+    for size in (8, 28, 32, 64, 224):
+        g = build_generator(resolve(TINY), dataclasses.replace(SPECS["digits"], image_size=size), META)
+        assert misplaced(g, META) == [] and g.sample_z(3).device == META
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    """A finished 2-task R-DFCIL run written on the CPU."""
+    folder = tmp_path_factory.mktemp("placement") / "rdfcil"
+    run(resolve({**TINY, "method": "rdfcil", "out": str(folder)}))
+    return folder
+
+
+def test_cpu_checkpoint_restores_onto_the_device_through_the_engine(cpu_run):
+    config = resolve({**TINY, "method": "rdfcil", "out": str(cpu_run)})
+    view = load_run(cpu_run)  # the benchmark's task split
+    model = build_model(config.backbone, 1, 8, META)
+    method = build_method(config, model, view.bench.spec)
+    record, _ = restore(cpu_run, 1, model, method, view.bench, config)
+    assert record["accuracy_per_task"] and model.head.num_classes == 5
+    assert misplaced(model, META) == [] and misplaced(method.old_model, META) == []
+    assert misplaced(method.generator, META) == []
+
+
+def test_cpu_checkpoint_opens_on_the_device_through_analysis(cpu_run):
+    view = load_run(cpu_run, device="meta")
+    assert all(t.device == META for t in view.checkpoint(1)["model"].values())
+    model, generator = view.model(1), view.generator(0)
+    assert model.head.num_classes == 10 and misplaced(model, META) == []
+    assert misplaced(generator, META) == []
