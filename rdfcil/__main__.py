@@ -1,4 +1,4 @@
-"""Command line: ``python -m rdfcil run|list|bench-accuracy ...``.
+"""Command line: ``python -m rdfcil run|list|bench-accuracy|bench-speed|check ...``.
 
 Any config key can be given as ``--key value`` (``--tasks 5``, ``--lr-incremental 0.01``);
 ``--config file.yaml`` reads a file first; ``--preset quick|paper`` picks a budget.
@@ -97,6 +97,13 @@ def command_bench_speed(args, extra) -> None:
     bench_speed(args.dataset, split_overrides(extra), args.out, args.steps, args.workers)
 
 
+def command_check(args, extra) -> int:
+    if extra:
+        raise RdfcilError(f"check takes --device, --budget and --out, got {' '.join(extra)}")
+    from .check import command
+    return command(args.device, args.budget, args.out)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m rdfcil", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,6 +126,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=10, help="timed steps per measure")
     s.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     s.add_argument("--out")
+    c = sub.add_parser("check", help="every method, resume, bench-speed and the reproduce notebook on a device, "
+                                     "on stand-in data; one pass/fail table")
+    c.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
+    c.add_argument("--budget", choices=("small", "full"), help="default: full on CUDA, small elsewhere")
+    c.add_argument("--out", help="keep the stand-ins, runs and check.json here (default: a temporary folder)")
     return top
 
 
@@ -137,6 +149,8 @@ def main(argv=None) -> int:
             command_bench_accuracy(args, extra)
         elif args.command == "bench-speed":
             command_bench_speed(args, extra)
+        elif args.command == "check":
+            return command_check(args, extra)
     except RdfcilError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

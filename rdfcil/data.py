@@ -430,6 +430,69 @@ def load_imagenet100_lists(root: Path):
     return tuple(out)
 
 
+# --------------------------------------------------------------------------- stand-ins
+
+STANDIN_SIZES = {"cifar100": (20, 5), "tiny-imagenet200": (6, 2)}  # (train, test) images per class
+
+
+def standin_images(num_classes: int, per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` uint8 RGB images (N, 3, size, size) per class: each class is a fixed random
+    4 x 4 colour grid scaled up to ``size`` (the same for every image of the class, whatever
+    ``seed``), each image that grid plus Gaussian noise of std 24 and a random shift of up to 2
+    pixels. Learnable in a few epochs, never trivial."""
+    grids = np.random.default_rng(1234).integers(0, 256, (num_classes, 3, 4, 4)).astype(np.float32)
+    templates = grids.repeat(size // 4, axis=2).repeat(size // 4, axis=3)
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    images = templates[labels] + rng.normal(0.0, 24.0, (len(labels), 3, size, size))
+    for i, (dy, dx) in enumerate(rng.integers(-2, 3, (len(labels), 2))):
+        images[i] = np.roll(images[i], (dy, dx), axis=(1, 2))
+    return images.clip(0, 255).astype(np.uint8), labels
+
+
+def write_standin(dataset: str, root: str | Path, per_class: tuple[int, int] | None = None) -> Path:
+    """Write a learnable stand-in of ``dataset`` in its official layout under ``root``, so that
+    a GPU box can be smoke-tested before anything is downloaded (``python -m rdfcil check``).
+
+    ``cifar100``: ``<root>/cifar100/cifar-100-python/{train,test}`` pickles as torchvision reads
+    them (``data`` N x 3072 uint8, ``fine_labels``); ``tiny-imagenet200``: ``wnids.txt``,
+    ``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG`` and ``val/val_annotations.txt``.
+    ``per_class``: (train, test) images per class. Returns the dataset's folder."""
+    from .io import atomic_write_bytes, atomic_write_text
+    if dataset not in STANDIN_SIZES:
+        raise RdfcilError(f"no stand-in for '{dataset}'; stand-ins exist for {', '.join(STANDIN_SIZES)}")
+    n_train, n_test = per_class or STANDIN_SIZES[dataset]
+    root = Path(root).expanduser()
+    spec = SPECS[dataset]
+    splits = {split: standin_images(spec.num_classes, n, spec.image_size, seed)
+              for split, n, seed in (("train", n_train, 0), ("test", n_test, 1))}
+    if dataset == "cifar100":
+        folder = root / "cifar100" / "cifar-100-python"
+        for split, (images, labels) in splits.items():
+            entry = {b"data": images.reshape(len(images), -1), b"fine_labels": labels.tolist(),
+                     b"coarse_labels": (labels // 5).tolist()}
+            atomic_write_bytes(folder / split, pickle.dumps(entry, protocol=2))
+        return folder.parent
+    from PIL import Image
+    base = root / "tiny-imagenet200"
+    wnids = [f"n{9_000_000 + i:08d}" for i in range(spec.num_classes)]
+
+    def save(path: Path, image: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(path, "JPEG", quality=95)
+    images, labels = splits["train"]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        save(base / "train" / wnids[label] / "images" / f"{wnids[label]}_{i}.JPEG", image)
+    images, labels = splits["test"]
+    annotations = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        save(base / "val" / "images" / f"val_{i}.JPEG", image)
+        annotations.append(f"val_{i}.JPEG\t{wnids[label]}\t0\t0\t{spec.image_size}\t{spec.image_size}")
+    atomic_write_text(base / "val" / "val_annotations.txt", "\n".join(annotations) + "\n")
+    atomic_write_text(base / "wnids.txt", "\n".join(wnids) + "\n")
+    return base
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 @dataclass

@@ -27,6 +27,11 @@ import torch
 import torch.distributed as dist
 
 
+def backend_for(device_name: str) -> str:
+    """NCCL when the run trains on CUDA (``auto`` with a GPU, ``cuda``, ``cuda:i``), gloo otherwise."""
+    return "nccl" if torch.cuda.is_available() and device_name != "cpu" else "gloo"
+
+
 @dataclass
 class Distributed:
     rank: int = 0
@@ -48,9 +53,14 @@ class Distributed:
         if world <= 1:
             return cls()
         if not dist.is_initialized():
-            use_cuda = torch.cuda.is_available() and device_name != "cpu"
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            dist.init_process_group(backend_for(device_name))
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def device(self, device: torch.device) -> torch.device:
+        """This process's device: ``cuda:LOCAL_RANK`` on CUDA under torchrun, else ``device``."""
+        if self.enabled and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
 
     def shard(self, tensor: torch.Tensor) -> torch.Tensor:
         """This process's share ``[rank::world]`` of a batch."""

@@ -254,8 +254,8 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
     c = _as_config(config)
     device = pick_device(c.device)
     ddp = Distributed.from_env(c.device)
-    if ddp.enabled and device.type == "cuda":
-        device = torch.device("cuda", ddp.local_rank)
+    device = ddp.device(device)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     bench = load_benchmark(c, device)  # validates data, class order and split before any write
     folder = Path(c.out or default_out(c))

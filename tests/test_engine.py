@@ -9,8 +9,9 @@ import pytest
 from rdfcil import run
 from rdfcil.config import resolve
 from rdfcil.errors import RdfcilError
+from conftest import TEST_DEVICE
 
-QUICK = {"dataset": "digits", "preset": "quick", "tasks": 5, "seed": 0, "progress": False}
+QUICK = {"dataset": "digits", "preset": "quick", "tasks": 5, "seed": 0, "progress": False, "device": TEST_DEVICE}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,8 @@ def test_cli_list_and_one_line_errors(tmp_path):
 def test_cli_run_digits_finetune(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rdfcil", "run", "--dataset", "digits", "--method", "finetune",
                           "--tasks", "2", "--seed", "0", "--epochs", "3", "--refinement-epochs", "1",
-                          "--milestones", "[2]", "--out", str(tmp_path / "r"), "--no-progress"],
+                          "--milestones", "[2]", "--out", str(tmp_path / "r"), "--no-progress",
+                          "--device", TEST_DEVICE],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "finetune on digits, 2 tasks, seed 0: final" in out.stdout

@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 papermill = pytest.importorskip("papermill")
+from conftest import TEST_DEVICE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -94,7 +95,7 @@ def test_reproduce_on_a_tiny_fashion_mnist_budget(tmp_path):
     papermill.execute_notebook(str(ROOT / "notebooks" / "reproduce.ipynb"), str(tmp_path / "reproduce.ipynb"),
                                kernel_name="python3", progress_bar=False, cwd=str(tmp_path),
                                parameters={"dataset": "fashion-mnist", "methods": ["finetune", "rdfcil"],
-                                           "task_counts": [2], "seeds": [0], "overrides": budget, "device": "cpu",
+                                           "task_counts": [2], "seeds": [0], "overrides": budget, "device": TEST_DEVICE,
                                            "out_dir": str(runs), "figures_dir": str(figures)})
     folder = figures / "fashion-mnist"
     written = sorted(p.name for p in folder.iterdir())

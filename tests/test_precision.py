@@ -10,6 +10,7 @@ from rdfcil.data import load_benchmark
 from rdfcil.engine import autocast_for, train_phase
 from rdfcil.methods import Finetune, Task
 from rdfcil.nets import build_model
+from conftest import TEST_DEVICE
 
 TOLERANCE = 0.05  # relative, on losses after a few SGD steps (bf16 keeps 8 bits of mantissa)
 
@@ -30,9 +31,9 @@ def test_bf16_and_fp32_training_agree_within_tolerance():
         config = resolve({"dataset": "digits", "tasks": 5, "backbone": "resnet8", "epochs": 3,
                           "refinement_epochs": 0, "milestones": [], "batch_size": 64, "precision": precision,
                           "progress": False, "method": "finetune"})
-        bench = load_benchmark(config, "cpu")
+        bench = load_benchmark(config, TEST_DEVICE)
         torch.manual_seed(0)
-        model = build_model("resnet8", 1, 8)
+        model = build_model("resnet8", 1, 8, TEST_DEVICE)
         model.head.add_task(2)
         phase = Finetune(config, model, bench.spec).phases(Task(0, bench.tasks[0], 5))[0]
         histories[precision] = train_phase(model, phase, bench, config, torch.Generator().manual_seed(0),

@@ -14,11 +14,13 @@ from rdfcil import run
 from rdfcil.config import resolve
 from rdfcil.errors import RdfcilError
 from rdfcil.io import load_checkpoint
+from conftest import TEST_DEVICE
 
 SMALL_RDFCIL = ["--dataset", "digits", "--method", "rdfcil", "--tasks", "5", "--seed", "3",
                 "--backbone", "resnet8", "--epochs", "16", "--refinement-epochs", "3", "--milestones", "[10]",
                 "--batch-size", "64", "--lr-incremental", "0.05", "--inversion-steps", "60",
-                "--z-dim", "32", "--generator-width", "16", "--synthetic-pool", "256", "--no-progress"]
+                "--z-dim", "32", "--generator-width", "16", "--synthetic-pool", "256", "--no-progress",
+                "--device", TEST_DEVICE]
 METRICS = ("accuracy_matrix", "accuracy_per_task", "final_accuracy", "average_incremental_accuracy",
            "old_accuracy", "new_accuracy", "forgetting", "class_coverage", "class_order", "finished")
 
@@ -76,7 +78,8 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
 def test_checkpoints_load_with_weights_only_and_tampering_is_refused(tmp_path):
     folder = tmp_path / "run"
     run(resolve({"dataset": "digits", "method": "finetune", "tasks": 2, "epochs": 2, "refinement_epochs": 1,
-                 "milestones": [1], "backbone": "resnet8", "progress": False, "out": str(folder)}))
+                 "milestones": [1], "backbone": "resnet8", "progress": False, "device": TEST_DEVICE,
+                 "out": str(folder)}))
     state = torch.load(folder / "task_1.pt", weights_only=True)
     assert state["task"] == 1 and "model" in state
 
@@ -99,7 +102,7 @@ def test_checkpoints_load_with_weights_only_and_tampering_is_refused(tmp_path):
 def test_nan_loss_names_task_phase_step_term_and_keeps_last_checkpoint(tmp_path):
     folder = tmp_path / "nan"
     config = resolve({"dataset": "digits", "method": "finetune", "tasks": 2, "epochs": 3, "refinement_epochs": 1,
-                      "milestones": [2], "backbone": "resnet8", "lr_incremental": 1e12, "progress": False,
+                      "milestones": [2], "backbone": "resnet8", "lr_incremental": 1e12, "progress": False, "device": TEST_DEVICE,
                       "out": str(folder)})
     with pytest.raises(RdfcilError, match=r"non-finite loss in task 1, phase 'train', step \d+: term ce") as err:
         run(config)

@@ -6,11 +6,12 @@ import json
 import pytest
 
 from rdfcil.speed import bench_speed
+from conftest import TEST_DEVICE
 
 
 @pytest.mark.parametrize("forward", ["separate", "joint"])
 def test_bench_speed_writes_every_measure(tmp_path, capsys, forward):
-    result = bench_speed("digits", {"rrl_forward": forward}, str(tmp_path), steps=1, workers=0)
+    result = bench_speed("digits", {"rrl_forward": forward, "device": TEST_DEVICE}, str(tmp_path), steps=1, workers=0)
     stored = json.loads((tmp_path / "speed.json").read_text())
     assert stored == pytest.approx(result)
     for key in ("ceiling_s", "lab_epoch_s", "conventional_epoch_s", "rrl_s", "refine_s", "inversion_s",
