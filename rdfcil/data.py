@@ -333,8 +333,43 @@ def _missing(dataset: str, path: Path, layout: str, how: str) -> RdfcilError:
 CIFAR_LAYOUT = "<data_root>/cifar100/cifar-100-python/{train,test} (torchvision's pickles)"
 
 
+class NotData(pickle.UnpicklingError):
+    """A pickle names a global that :class:`CifarUnpickler` does not admit."""
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    # Python 3's protocol 2 stores bytes as _codecs.encode(<str>, "latin1"); no other codec
+    if encoding != "latin1":
+        raise NotData(f"_codecs.encode to {encoding!r}")
+    return text.encode("latin1")
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Reads what CIFAR-100's pickles hold and nothing else.
+
+    Admitted: dicts, lists, tuples, bytes, str, ints, floats, booleans and None (pickle's own
+    opcodes, no global involved); numpy arrays rebuilt from numpy's ``_reconstruct`` (named
+    ``numpy.core.multiarray`` in the Python 2 files, ``numpy._core.multiarray`` by numpy 2),
+    ``numpy.ndarray`` and ``numpy.dtype``; ``_codecs.encode`` to latin-1 only (bytes written by
+    Python 3 with protocol 2). Any other global raises :class:`NotData` before it is imported,
+    so a crafted file cannot run code.
+    """
+
+    def find_class(self, module: str, name: str):
+        reconstruct = np.empty(0).__reduce__()[0]  # numpy's _reconstruct, wherever it lives
+        admitted = {("numpy.core.multiarray", "_reconstruct"): reconstruct,
+                    ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+                    ("numpy", "ndarray"): np.ndarray,
+                    ("numpy", "dtype"): np.dtype,
+                    ("_codecs", "encode"): _latin1_encode}
+        if (module, name) not in admitted:
+            raise NotData(f"{module}.{name}")
+        return admitted[(module, name)]
+
+
 def load_cifar100_arrays(root: Path, download: bool = True):
-    """torchvision's CIFAR-100 pickles under <root>/cifar100/cifar-100-python."""
+    """torchvision's CIFAR-100 pickles under <root>/cifar100/cifar-100-python, read with
+    :class:`CifarUnpickler`: a file holding anything but data is refused, its code not run."""
     folder = root / "cifar100" / "cifar-100-python"
     if not (folder / "train").is_file() and download:
         try:
@@ -351,9 +386,12 @@ def load_cifar100_arrays(root: Path, download: bool = True):
                            "and unpack it there")
         try:
             with open(path, "rb") as handle:
-                entry = pickle.load(handle, encoding="bytes")
+                entry = CifarUnpickler(handle, encoding="bytes").load()
             data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(entry[b"fine_labels"], dtype=np.int64)
+        except NotData as err:
+            raise RdfcilError(f"cifar100: '{path}' holds objects other than data ({err}); refused: "
+                              "loading it could run code; unpack cifar-100-python.tar.gz there again") from None
         except Exception as err:
             raise RdfcilError(f"cifar100: '{path}' is not a CIFAR-100 pickle ({type(err).__name__})") from None
         arrays += [torch.from_numpy(data.copy()), torch.from_numpy(labels)]

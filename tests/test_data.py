@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,25 @@ def write_cifar100(root: Path, per_class_train: int = 2, per_class_test: int = 1
             pickle.dump(entry, handle, protocol=2)
         out[split] = (images, labels)
     return out
+
+
+def python2_cifar_bytes(images: np.ndarray, labels: list[int]) -> bytes:
+    """The stream Python 2's cPickle (protocol 2) wrote for cifar-100-python, opcode by opcode:
+    keys and the raw image bytes are Python 2 str (SHORT_BINSTRING / BINSTRING), the array is
+    numpy.core.multiarray._reconstruct + BUILD with a numpy.dtype (the memo opcodes left out)."""
+    def text(b: bytes) -> bytes:
+        return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+
+    def integer(i: int) -> bytes:
+        return b"J" + struct.pack("<i", i)
+
+    dtype = (b"cnumpy\ndtype\n" + text(b"u1") + integer(0) + integer(1) + b"\x87R"
+             + b"(" + integer(3) + text(b"|") + b"NNN" + integer(-1) + integer(-1) + integer(0) + b"tb")
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + text(b"b")
+             + b"\x87R(" + integer(1) + integer(images.shape[0]) + integer(images.shape[1]) + b"\x86"
+             + dtype + b"\x89" + text(images.tobytes()) + b"tb")
+    fine = b"](" + b"".join(integer(int(c)) for c in labels) + b"e"
+    return b"\x80\x02}(" + text(b"data") + array + text(b"fine_labels") + fine + b"u."
 
 
 def write_jpeg(path: Path, size: int, color) -> None:
@@ -184,6 +206,54 @@ def test_cifar100_corrupt_pickle_is_rdfcil_error(tmp_path):
     with pytest.raises(RdfcilError, match="is not a CIFAR-100 pickle") as err:
         data.load_cifar100_arrays(tmp_path, download=False)
     assert str(folder / "train") in str(err.value)
+
+
+def test_cifar100_python2_cpickle_stream_loads(tmp_path):
+    folder = tmp_path / "cifar100" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    written = {}
+    for split, n in (("train", 300), ("test", 100)):
+        images = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 100, size=n).tolist()
+        (folder / split).write_bytes(python2_cifar_bytes(images, labels))
+        written[split] = images, labels
+    x_tr, y_tr, x_te, y_te = data.load_cifar100_arrays(tmp_path, download=False)
+    assert np.array_equal(x_tr.numpy().reshape(300, -1), written["train"][0])
+    assert y_tr.tolist() == written["train"][1] and y_te.tolist() == written["test"][1]
+    assert np.array_equal(x_te.numpy().reshape(100, -1), written["test"][0])
+
+
+def test_cifar_pickle_with_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return Path.touch, (marker,)
+
+    root = tmp_path / "root"
+    write_cifar100(root)
+    train = root / "cifar100" / "cifar-100-python" / "train"
+    entry = pickle.loads(train.read_bytes(), encoding="bytes")
+    train.write_bytes(pickle.dumps({**entry, b"data": Payload()}, protocol=2))
+    pickle.loads(train.read_bytes(), encoding="bytes")  # the payload is live: a plain unpickler runs it
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(RdfcilError) as err:
+        data.load_cifar100_arrays(root, download=False)
+    assert not marker.exists()
+    assert str(train) in str(err.value) and "holds objects other than data" in str(err.value)
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "rdfcil", "run", "--dataset", "cifar100", "--data-root", str(root),
+                           "--method", "finetune", "--tasks", "10", "--epochs", "2", "--refinement-epochs", "1",
+                           "--milestones", "[1]", "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"error: cifar100: '{train}' holds objects other than data (__builtin__.getattr); "
+                                   "refused: loading it could run code; unpack cifar-100-python.tar.gz there again")
+    assert not marker.exists() and not out.exists()
 
 
 # --------------------------------------------------------------------------- Tiny-ImageNet-200
