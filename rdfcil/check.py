@@ -34,7 +34,7 @@ BUDGETS = {
                      "coverage_samples": 1000}},
     # On a CPU the published generator (z 1000, width 128: ~10 GFLOP a conv at batch 128) alone
     # takes seconds a step, so the small budget also shrinks batches and the generator.
-    "small": {"cifar100": (4, 2), "tiny-imagenet200": (2, 1), "speed_steps": 1,
+    "small": {"cifar100": (2, 1), "tiny-imagenet200": (1, 1), "speed_steps": 1,
               "run": {"epochs": 2, "refinement_epochs": 1, "milestones": [1], "batch_size": 32,
                       "inversion_steps": 2, "inversion_batch_size": 16, "z_dim": 32, "generator_width": 16,
                       "coverage_samples": 64, "num_workers": 0}},
