@@ -29,12 +29,15 @@ METHOD_ORDER = ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil")
 
 # Stand-in images per class (train, test), and the run budget on top of the paper preset.
 BUDGETS = {
-    "full": {"cifar100": (100, 10), "tiny-imagenet200": (20, 4), "speed_steps": 20,
+    "full": {"cifar100": (100, 10), "tiny-imagenet200": (20, 4), "speed_steps": 20, "speed": {},
              "run": {"epochs": 4, "refinement_epochs": 1, "milestones": [2], "inversion_steps": 100,
                      "coverage_samples": 1000}},
     # On a CPU the published generator (z 1000, width 128: ~10 GFLOP a conv at batch 128) alone
     # takes seconds a step, so the small budget also shrinks batches and the generator.
+    # bench-speed on a CPU runs ResNet-8 at batch 16: bf16 is emulated there (~10 s a ResNet-32 step).
     "small": {"cifar100": (2, 1), "tiny-imagenet200": (1, 1), "speed_steps": 1,
+              "speed": {"backbone": "resnet8", "batch_size": 16, "inversion_batch_size": 16, "z_dim": 32,
+                        "generator_width": 16, "num_workers": 0},
               "run": {"epochs": 2, "refinement_epochs": 1, "milestones": [1], "batch_size": 32,
                       "inversion_steps": 2, "inversion_batch_size": 16, "z_dim": 32, "generator_width": 16,
                       "coverage_samples": 64, "num_workers": 0}},
@@ -120,7 +123,7 @@ def kill_and_resume(overrides: dict, out: Path, reference: dict | None):
 
 
 def speed_step(precision: str, device: str, root: Path, out: Path, steps: int, overrides: dict):
-    """bench-speed on the CIFAR-100 stand-in (the run budget's batch and generator sizes)."""
+    """bench-speed on the CIFAR-100 stand-in (paper preset, with the budget's ``speed`` overrides)."""
     from contextlib import redirect_stdout
     from io import StringIO
 
@@ -129,7 +132,7 @@ def speed_step(precision: str, device: str, root: Path, out: Path, steps: int, o
         m = bench_speed("cifar100", {**overrides, "data_root": str(root), "device": device,
                                      "precision": precision, "num_tasks": 10}, str(out), steps, 0)
     b = m["batch_size"]
-    info = (f"ceiling {b / m['ceiling_s']:,.0f} img/s; Finetune epoch {m['epoch_images'] / m['lab_epoch_s']:,.0f} "
+    info = (f"{m['backbone']}, batch {b}: ceiling {b / m['ceiling_s']:,.0f} img/s; Finetune epoch {m['epoch_images'] / m['lab_epoch_s']:,.0f} "
             f"img/s; RRL {b / m['rrl_s']:,.0f} real img/s; inversion {1 / m['inversion_s']:.1f} steps/s; "
             f"peak {m['peak_memory_mb']:,.0f} MB")
     return info, m
@@ -189,10 +192,8 @@ def check(device: str = "auto", budget: str | None = None, out: str | None = Non
     rdfcil = run_overrides(budget, str(resolved), root, "cifar100", "rdfcil")
     add(timed("SIGKILL after task 0, then resume", lambda: kill_and_resume(rdfcil, runs / "resumed", reference)))
     for precision in ("fp32", "bf16"):
-        shapes = {k: v for k, v in plan["run"].items()
-                  if k in ("batch_size", "inversion_batch_size", "z_dim", "generator_width", "num_workers")}
         add(timed(f"bench-speed {precision}", lambda: speed_step(precision, str(resolved), root, work / f"speed-{precision}",
-                                                                 plan["speed_steps"], shapes)))
+                                                                 plan["speed_steps"], plan["speed"])))
     add(timed("reproduce.ipynb through papermill", lambda: notebook_step(str(resolved), root, work, budget)))
     from .io import write_json
     write_json(work / "check.json", {"device": str(resolved), "budget": budget,
