@@ -26,6 +26,7 @@ RKD_KINDS = ("angle", "distance", "none")
 RRL_FORWARDS = ("separate", "joint")
 RESNET_VARIANTS = ("published", "standard")
 CROP_FILLS = ("mean", "zero")
+IMAGENET_CROPS = ("center_pad", "random_resized")
 REFINE_COUNTS = ("task", "refinement")
 DEEPINVERSION_REPLAYS = ("published", "global_ce")
 # The baselines as the ABD repository (GT-RIPL/AlwaysBeDreaming-DFCIL) runs them (METHOD.md section 8).
@@ -50,6 +51,7 @@ class Config:
     augment: bool | None = None  # None: the dataset's default (crop + flip where it calls for it)
     crop_fill: str = "mean"  # mean: crop padding after normalisation (published R-DFCIL); zero: black pixels
     color_jitter: bool = False  # ABD's scripts: brightness 63/255, contrast 0.8 before the crop
+    imagenet_crop: str = "center_pad"  # R-DFCIL: resize 256, centre crop 224, pad-4 crop; random_resized: ABD
     num_workers: int = 4  # folder datasets only
     # -- network (section 2) --
     backbone: str = "resnet32"
@@ -111,6 +113,7 @@ class Config:
 
 # Every key a departure can hide in, at its published value: a preset starts from these.
 PUBLISHED_VARIANTS = dict(resnet_variant="published", head_init_std=0.001, crop_fill="mean", color_jitter=False,
+                          imagenet_crop="center_pad",
                           refine_counts="task", kd_t2=False, deepinversion_replay="published", abd_mu=0.1,
                           abd_ce_weighting=True, generator_carry=True, joint_from_scratch=True,
                           kd_temperature=2.0, kd_weight=1.0, augment=None, refine=True, local_ce=True,
@@ -125,7 +128,8 @@ ABD_SCRIPTS = {
     "tiny-imagenet200": dict(epochs=250, refinement_epochs=0, milestones=[100, 150, 200], batch_size=128,
                              weight_decay=2e-4, inversion_steps=10000, color_jitter=True, crop_fill="zero"),
     "imagenet100": dict(epochs=100, refinement_epochs=0, milestones=[30, 60, 80, 90], batch_size=256,
-                        weight_decay=1e-4, inversion_steps=50000, color_jitter=False, crop_fill="zero"),
+                        weight_decay=1e-4, inversion_steps=50000, color_jitter=False, crop_fill="zero",
+                        imagenet_crop="random_resized"),
 }
 ABD_NOTES = ("paper: the ABD repository's script settings for this baseline (its losses; {epochs} epochs, "
              "milestones {milestones}, weight decay {weight_decay}, batch {batch_size}, {inversion_steps} "
@@ -160,8 +164,7 @@ def _paper(dataset: str, method: str = "rdfcil") -> dict:
         values.update(ABD_SCRIPTS[dataset])
         values["notes"] = ABD_NOTES.format(**values, jitter=", colour jitter" if values["color_jitter"] else "")
         if dataset == "imagenet100":
-            values["notes"] += ("; departure: ABD's ImageNet script crops with RandomResizedCrop(224), the "
-                                "package with R-DFCIL's resize-256 / centre-crop-224 / pad-4 crop")
+            values["notes"] += "; its ImageNet script's RandomResizedCrop(224) (imagenet_crop random_resized)"
     return values
 
 
@@ -316,7 +319,8 @@ def validate(c: Config) -> None:
     _check(c.rrl_forward in RRL_FORWARDS,
            f"unknown rrl_forward '{c.rrl_forward}'; valid: {', '.join(RRL_FORWARDS)}")
     for name, valid in (("resnet_variant", RESNET_VARIANTS), ("crop_fill", CROP_FILLS),
-                        ("refine_counts", REFINE_COUNTS), ("deepinversion_replay", DEEPINVERSION_REPLAYS)):
+                        ("imagenet_crop", IMAGENET_CROPS), ("refine_counts", REFINE_COUNTS),
+                        ("deepinversion_replay", DEEPINVERSION_REPLAYS)):
         _check(getattr(c, name) in valid, f"unknown {name} '{getattr(c, name)}'; valid: {', '.join(valid)}")
     _check(c.head_init_std is None or c.head_init_std > 0,
            f"head_init_std must be positive or none, got {c.head_init_std!r}")

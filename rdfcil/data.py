@@ -253,26 +253,36 @@ class FolderImages(LabelledImages):
         self.train = train
         self.num_workers = num_workers
 
-    def transform(self):
+    imagenet_crop = "center_pad"  # ImageNet-sized training crops; "random_resized": ABD's ImageNet script
+
+    def random_resized(self, augment: bool) -> bool:
+        return augment and self.spec.image_size >= 224 and self.imagenet_crop == "random_resized"
+
+    def transform(self, augment: bool = False):
         """The deterministic part, as in the published code: resize 256 and centre-crop 224 for
         ImageNet-sized inputs, else resize to the input size. The random crop (padding 4) and
-        flip run on the device on whole batches (``augmented``)."""
+        flip run on the device on whole batches (``augmented``). With ``imagenet_crop =
+        random_resized`` ImageNet-sized training images get ``RandomResizedCrop(224)`` and a flip
+        instead (ABD's ImageNet script)."""
         from torchvision import transforms as T
         size = self.spec.image_size
+        if self.random_resized(augment):
+            return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()])
         steps = [T.Resize(256), T.CenterCrop(size)] if size >= 224 else [T.Resize((size, size))]
         return T.Compose(steps + [T.PILToTensor()])
 
     def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator:
         subset = _FileDataset([self.paths[i] for i in self.indices(classes).tolist()],
-                              self.labels[self.indices(classes)], self.transform())
+                              self.labels[self.indices(classes)], self.transform(augment))
         loader = torch.utils.data.DataLoader(
             subset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(subset) > batch_size,
             num_workers=self.num_workers, generator=generator, pin_memory=self.device.type == "cuda",
             persistent_workers=False)
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
-            yield (self.augmented(images, generator) if augment else self.normalize(images)), labels.to(self.device)
+            on_device = augment and not self.random_resized(augment)
+            yield (self.augmented(images, generator) if on_device else self.normalize(images)), labels.to(self.device)
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -524,4 +534,6 @@ def _with_augmentation(bench: Benchmark, config) -> Benchmark:
     """The training images augment as the config says (``crop_fill``, ``color_jitter``)."""
     bench.train.crop_fill = getattr(config, "crop_fill", "mean")
     bench.train.color_jitter = getattr(config, "color_jitter", False)
+    if isinstance(bench.train, FolderImages):
+        bench.train.imagenet_crop = getattr(config, "imagenet_crop", "center_pad")
     return bench

@@ -77,7 +77,8 @@ def test_paper_preset_of_the_baselines_is_the_abd_scripts():
             assert "not public" in c.notes and "ABD repository" in c.notes
     i = resolve({"dataset": "imagenet100", "preset": "paper", "method": "abd"})
     assert (i.epochs, i.milestones, i.batch_size, i.inversion_steps) == (100, [30, 60, 80, 90], 256, 50000)
-    assert "RandomResizedCrop" in i.notes
+    assert "RandomResizedCrop" in i.notes and i.imagenet_crop == "random_resized"
+    assert resolve({"dataset": "imagenet100", "preset": "paper", "method": "rdfcil"}).imagenet_crop == "center_pad"
 
 
 def test_quick_presets_follow_the_published_variants_and_list_their_departures():
@@ -117,7 +118,7 @@ def test_new_switches_from_strings():
     assert (c.head_init_std, c.kd_t2, c.abd_ce_weighting, c.abd_mu) == (None, True, False, 1.0)
     assert (c.crop_fill, c.refine_counts, c.joint_from_scratch) == ("zero", "refinement", False)
     assert resolve({"head_init_std": "0.01"}).head_init_std == 0.01
-    for key in ("resnet_variant", "crop_fill", "refine_counts", "deepinversion_replay"):
+    for key in ("resnet_variant", "crop_fill", "imagenet_crop", "refine_counts", "deepinversion_replay"):
         with pytest.raises(RdfcilError, match=key):
             resolve({key: "bogus"})
 

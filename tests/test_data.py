@@ -675,3 +675,20 @@ def test_imagenet_transform_is_resize_256_centre_crop_224_then_pad_4_crop_and_fl
                     shifted = torch.nn.functional.pad(image, (4, 4, 4, 4))[:, 4 + dy:228 + dy, 4 + dx:228 + dx]
                     matched |= torch.allclose(shifted, augmented[k], atol=1e-5)
         assert matched
+
+
+def test_imagenet_crop_random_resized_is_abds_imagenet_pipeline(tmp_path):
+    from PIL import Image
+    from torchvision import transforms as T
+    path = tmp_path / "a.JPEG"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(path)
+    store = data.FolderImages([str(path)] * 2, torch.tensor([0, 0]), data.SPECS["imagenet100"], "cpu", True,
+                              num_workers=0)
+    store.imagenet_crop = "random_resized"
+    assert [type(t) for t in store.transform(augment=True).transforms] == \
+        [T.RandomResizedCrop, T.RandomHorizontalFlip, T.PILToTensor]
+    assert [type(t) for t in store.transform(augment=False).transforms] == [T.Resize, T.CenterCrop, T.PILToTensor]
+    x, _ = next(store.batches(range(0, 1), 2, augment=True, generator=torch.Generator().manual_seed(0)))
+    assert x.shape == (2, 3, 224, 224)
+    bench_config = rconfig.resolve({"dataset": "imagenet100", "preset": "paper", "method": "abd"})
+    assert bench_config.imagenet_crop == "random_resized"
