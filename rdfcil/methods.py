@@ -263,7 +263,9 @@ class ABD(Method):
     data, a global CE on real + synthetic computed on detached features (only the head learns
     from it), and ``abd_mu * ||W_old (f - f_old)||^2 / n_old`` feature distillation through the
     old head. With ``abd_ce_weighting`` each CE sample is weighted ``n_old / n_seen`` (old
-    label) or ``n_new / n_seen`` (new label) and averaged over the batch."""
+    label) or ``n_new / n_seen`` (new label) and averaged over the batch. (ABD's code takes the
+    detached features from a second, no-grad forward in training mode, which moves the
+    BatchNorm running statistics once more per step; here they are the first forward's.)"""
 
     uses_generator = True
     carries_generator = True
