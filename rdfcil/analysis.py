@@ -16,7 +16,7 @@ from .errors import RdfcilError
 from .inversion import Generator, build_generator, frozen_copy, sample
 from .io import load_checkpoint, read_json
 from .losses import angle_relations, class_weights, distance_relations
-from .nets import IncrementalNet, build_model
+from .nets import IncrementalNet, model_for
 
 
 @dataclass
@@ -59,7 +59,7 @@ class RunView:
     def model(self, task: int) -> IncrementalNet:
         """The model after ``task`` (eval mode)."""
         spec = self.bench.spec
-        model = build_model(self.config.backbone, spec.channels, spec.image_size, pick_device(self.device))
+        model = model_for(self.config, spec, pick_device(self.device))
         for t in range(task + 1):
             model.head.add_task(len(self.bench.tasks[t]))
         model.load_state_dict(self.checkpoint(task)["model"])  # loaded with map_location = the device

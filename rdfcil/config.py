@@ -24,6 +24,13 @@ BACKBONES = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet18")
 PRESETS = ("paper", "quick", "none")
 RKD_KINDS = ("angle", "distance", "none")
 RRL_FORWARDS = ("separate", "joint")
+RESNET_VARIANTS = ("published", "standard")
+CROP_FILLS = ("mean", "zero")
+IMAGENET_CROPS = ("center_pad", "random_resized")
+REFINE_COUNTS = ("task", "refinement")
+DEEPINVERSION_REPLAYS = ("published", "global_ce")
+# The baselines as the ABD repository (GT-RIPL/AlwaysBeDreaming-DFCIL) runs them (METHOD.md section 8).
+ABD_REPO_METHODS = ("finetune", "joint", "lwf", "deepinversion", "abd")
 
 
 @dataclass
@@ -42,9 +49,14 @@ class Config:
     data_root: str = "data"
     train_per_class: int | None = None  # subsample the training set (quick presets)
     augment: bool | None = None  # None: the dataset's default (crop + flip where it calls for it)
+    crop_fill: str = "mean"  # mean: crop padding after normalisation (published R-DFCIL); zero: black pixels
+    color_jitter: bool = False  # ABD's scripts: brightness 63/255, contrast 0.8 before the crop
+    imagenet_crop: str = "center_pad"  # R-DFCIL: resize 256, centre crop 224, pad-4 crop; random_resized: ABD
     num_workers: int = 4  # folder datasets only
     # -- network (section 2) --
     backbone: str = "resnet32"
+    resnet_variant: str = "published"  # published: cl-lite's (R-DFCIL code); standard: ReLU after adds, 1x1 shortcuts
+    head_init_std: float | None = 0.001  # normal(0, std) head rows as published; None: PyTorch's default
     # -- optimisation (sections 3, 5, 6) --
     epochs: int = 200
     refinement_epochs: int = 40
@@ -77,10 +89,16 @@ class Config:
     rrl_forward: str = "separate"  # separate: real and synthetic in two forwards (published code); joint: one
     local_ce: bool = True
     refine: bool = True
+    refine_counts: str = "task"  # task: labels of every step of the task, weights at epoch end (published); refinement
     # -- baselines (section 8) --
     kd_temperature: float = 2.0
-    kd_weight: float = 1.0
-    abd_mu: float = 1.0
+    kd_weight: float = 1.0  # mu of the ABD repository's LwF and DeepInversion scripts
+    kd_t2: bool = False  # multiply soft KD by T^2 (the ABD repository does not)
+    deepinversion_replay: str = "published"  # published: CE on real + soft KD on synthetic; global_ce
+    abd_mu: float = 0.1  # ABD's CIFAR-100 scripts
+    abd_ce_weighting: bool = True  # ABD: CE samples weighted n_old/n_seen (old labels), n_new/n_seen (new)
+    generator_carry: bool = True  # ABD repository (abd, deepinversion): one generator + Adam state for all tasks
+    joint_from_scratch: bool = True  # ABD's oracle retrains from scratch at each task
     # -- run --
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA and CPU)
@@ -93,13 +111,40 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _paper(dataset: str) -> dict:
-    """Section 7 of METHOD.md, exactly."""
+# Every key a departure can hide in, at its published value: a preset starts from these.
+PUBLISHED_VARIANTS = dict(resnet_variant="published", head_init_std=0.001, crop_fill="mean", color_jitter=False,
+                          imagenet_crop="center_pad",
+                          refine_counts="task", kd_t2=False, deepinversion_replay="published", abd_mu=0.1,
+                          abd_ce_weighting=True, generator_carry=True, joint_from_scratch=True,
+                          kd_temperature=2.0, kd_weight=1.0, augment=None, refine=True, local_ce=True,
+                          rkd="angle", coverage_samples=2000)
+
+# The ABD repository's scripts (experiments/cifar100-*.sh, tinyimnet-twentytask.sh, imnet-fivetask.sh):
+# the settings of the paper preset for the baselines. Which the R-DFCIL paper used for its ABD
+# rows is not public.
+ABD_SCRIPTS = {
+    "cifar100": dict(epochs=250, refinement_epochs=0, milestones=[100, 150, 200], batch_size=128,
+                     weight_decay=2e-4, inversion_steps=10000, color_jitter=True, crop_fill="zero"),
+    "tiny-imagenet200": dict(epochs=250, refinement_epochs=0, milestones=[100, 150, 200], batch_size=128,
+                             weight_decay=2e-4, inversion_steps=10000, color_jitter=True, crop_fill="zero"),
+    "imagenet100": dict(epochs=100, refinement_epochs=0, milestones=[30, 60, 80, 90], batch_size=256,
+                        weight_decay=1e-4, inversion_steps=50000, color_jitter=False, crop_fill="zero",
+                        imagenet_crop="random_resized"),
+}
+ABD_NOTES = ("paper: the ABD repository's script settings for this baseline (its losses; {epochs} epochs, "
+             "milestones {milestones}, weight decay {weight_decay}, batch {batch_size}, {inversion_steps} "
+             "inversion steps{jitter}); which settings the R-DFCIL paper used for its baseline rows is not "
+             "public")
+
+
+def _paper(dataset: str, method: str = "rdfcil") -> dict:
+    """Section 7 of METHOD.md, exactly; for the ABD repository's baselines its script settings
+    (section 8)."""
     common = dict(lr=0.1, lr_decay=0.1, momentum=0.9, refine_lr=0.005, inversion_lr=1e-3,
                   z_dim=1000, generator_width=128, content_temperature=1000.0, alpha_cb=1.0,
                   alpha_pr=1e-3, alpha_rf=50.0, lambda_ce=0.5, lambda_hkd=0.15, lambda_rkd=0.5,
                   synthetic_pool=0, rrl_forward="separate", train_per_class=None, lr_incremental=None,
-                  inversion_batch_size=None, notes="")
+                  inversion_batch_size=None, notes="", **PUBLISHED_VARIANTS)
     table = {
         "cifar100": dict(backbone="resnet32", epochs=200, refinement_epochs=40,
                          milestones=[80, 120], batch_size=128, weight_decay=5e-4,
@@ -114,11 +159,23 @@ def _paper(dataset: str) -> dict:
     if dataset not in table:
         raise RdfcilError(f"preset 'paper' exists for {', '.join(table)}, not for '{dataset}'; "
                           "use --preset quick or set the values yourself")
-    return {**common, **table[dataset]}
+    values = {**common, **table[dataset]}
+    if method in ABD_REPO_METHODS:
+        values.update(ABD_SCRIPTS[dataset])
+        values["notes"] = ABD_NOTES.format(**values, jitter=", colour jitter" if values["color_jitter"] else "")
+        if dataset == "imagenet100":
+            values["notes"] += "; its ImageNet script's RandomResizedCrop(224) (imagenet_crop random_resized)"
+    return values
 
 
-def _quick(dataset: str) -> dict:
-    """CPU budgets. Departures from the paper are listed in ``notes`` and in the README."""
+QUICK_BASELINE_NOTES = ("; for the ABD repository's baselines also the preset's schedule instead of its "
+                        "scripts' (250 epochs, milestones 100/150/200, weight decay 2e-4, 10,000 inversion "
+                        "steps, colour jitter)")
+
+
+def _quick(dataset: str, method: str = "rdfcil") -> dict:
+    """CPU budgets. Departures from the paper are listed in ``notes`` and in the README; the
+    published variants (backbone, head init, losses, counts, crop fill) are kept."""
     table = {
         "digits": dict(
             backbone="resnet20", epochs=200, refinement_epochs=40, milestones=[80, 120],
@@ -130,7 +187,9 @@ def _quick(dataset: str) -> dict:
                   "half-width generator with z_dim 256, replay from a pool of 2,000 synthetic "
                   "images, refinement lr 0.2 (160 refinement steps instead of the paper's ~1,560 "
                   "at 0.005), RRL over real + synthetic in one forward (rrl_forward joint; the "
-                  "published code runs two)"),
+                  "published code runs two), class coverage from 1,000 samples; the published "
+                  "variants otherwise (cl-lite's ResNet, head init std 0.001, the published losses "
+                  "and class counts)"),
         "fashion-mnist": dict(
             backbone="resnet8", epochs=10, refinement_epochs=3, milestones=[5],
             lr=0.1, lr_incremental=0.05, batch_size=128, weight_decay=5e-4, refine_lr=0.2,
@@ -142,20 +201,26 @@ def _quick(dataset: str) -> dict:
                   "z_dim 256, replay from a pool of 4,000 synthetic images, incremental lr 0.05, "
                   "refinement lr 0.2 (45 refinement steps instead of the paper's ~1,560 at 0.005: a "
                   "similar lr x steps), RRL over real + synthetic in one forward (rrl_forward joint; "
-                  "the published code runs two)"),
+                  "the published code runs two), class coverage from 1,000 samples; the published "
+                  "variants otherwise (cl-lite's ResNet, head init std 0.001, the published losses "
+                  "and class counts)"),
     }
     if dataset not in table:
         raise RdfcilError(f"preset 'quick' exists for {', '.join(table)}, not for '{dataset}'; "
                           "use --preset paper")
-    return table[dataset]
+    values = {**PUBLISHED_VARIANTS, **table[dataset]}
+    if method in ABD_REPO_METHODS:  # its augmentation, where the dataset augments at all
+        values.update(color_jitter=True, crop_fill="zero")
+        values["notes"] += QUICK_BASELINE_NOTES
+    return values
 
 
-def preset_values(preset: str, dataset: str) -> dict:
-    """The values a preset sets for a dataset (an empty dict for ``none``)."""
+def preset_values(preset: str, dataset: str, method: str = "rdfcil") -> dict:
+    """The values a preset sets for a dataset and method (an empty dict for ``none``)."""
     if preset == "paper":
-        return _paper(dataset)
+        return _paper(dataset, method)
     if preset == "quick":
-        return _quick(dataset)
+        return _quick(dataset, method)
     if preset == "none":
         return {}
     raise RdfcilError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
@@ -231,9 +296,10 @@ def resolve(overrides: dict | None = None, config_file: str | Path | None = None
             user[canonical_key(k)] = coerce(canonical_key(k), v)
     dataset = user.get("dataset", Config.dataset)
     preset = user.get("preset", Config.preset)
+    method = user.get("method", Config.method)
     if dataset not in DATASETS:
         raise RdfcilError(f"unknown dataset '{dataset}'; valid datasets: {', '.join(DATASETS)}")
-    values = {**preset_values(preset, dataset), **user}
+    values = {**preset_values(preset, dataset, method), **user}
     config = Config(**values)
     validate(config)
     return config
@@ -252,6 +318,12 @@ def validate(c: Config) -> None:
     _check(c.rkd in RKD_KINDS, f"unknown rkd '{c.rkd}'; valid: {', '.join(RKD_KINDS)}")
     _check(c.rrl_forward in RRL_FORWARDS,
            f"unknown rrl_forward '{c.rrl_forward}'; valid: {', '.join(RRL_FORWARDS)}")
+    for name, valid in (("resnet_variant", RESNET_VARIANTS), ("crop_fill", CROP_FILLS),
+                        ("imagenet_crop", IMAGENET_CROPS), ("refine_counts", REFINE_COUNTS),
+                        ("deepinversion_replay", DEEPINVERSION_REPLAYS)):
+        _check(getattr(c, name) in valid, f"unknown {name} '{getattr(c, name)}'; valid: {', '.join(valid)}")
+    _check(c.head_init_std is None or c.head_init_std > 0,
+           f"head_init_std must be positive or none, got {c.head_init_std!r}")
     _check(c.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got '{c.precision}'")
     for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size"):
         value = getattr(c, name)

@@ -36,7 +36,7 @@ class DatasetSpec:
     num_classes: int
     mean: tuple
     std: tuple
-    crop_padding: int  # random crop with this zero padding (0: none)
+    crop_padding: int  # random crop with this padding (0: none); the fill is the config's crop_fill
     flip: bool  # random horizontal flip
     in_memory: bool
 
@@ -49,7 +49,7 @@ SPECS = {
     "tiny-imagenet200": DatasetSpec("tiny-imagenet200", 64, 3, 200, (0.4803, 0.4481, 0.3976),
                                     (0.2764, 0.2688, 0.2816), 4, True, False),
     "imagenet100": DatasetSpec("imagenet100", 224, 3, 100, (0.485, 0.456, 0.406),
-                               (0.229, 0.224, 0.225), 0, True, False),
+                               (0.229, 0.224, 0.225), 4, True, False),
 }
 
 
@@ -136,6 +136,25 @@ class LabelledImages:
         self.device = torch.device(device)
         self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+        self.crop_fill = "mean"  # "mean": pad after normalisation (published R-DFCIL); "zero": black pixels
+        self.color_jitter = False  # ABD's scripts: colour jitter before the crop
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``(x / 255 - mean) / std`` of uint8 (or 0..255 float) images; channels-last on CUDA."""
+        x = (images.float() / 255.0 - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+    def augmented(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training augmentation of a uint8 batch, normalised: colour jitter (if on), then the
+        random crop and flip of the dataset. With ``crop_fill = "mean"`` the crop pads the
+        normalised batch with zeros, i.e. the mean colour (the published code normalises
+        first); with ``"zero"`` it pads the raw image with black."""
+        if self.color_jitter:
+            images = color_jitter(images, generator=generator)
+        if self.crop_fill == "mean":
+            x = augment_batch(self.normalize(images), self.spec.crop_padding, self.spec.flip, generator)
+            return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+        return self.normalize(augment_batch(images, self.spec.crop_padding, self.spec.flip, generator))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -157,18 +176,14 @@ class LabelledImages:
 class TensorImages(LabelledImages):
     """Images as a uint8 tensor (N, C, H, W) on the device, with remapped labels.
 
-    Batches are index slices of a device-side permutation; augmentation (random crop with zero
-    padding, horizontal flip) runs on whole batches on the device; normalisation
-    ``(x / 255 - mean) / std`` happens last.
+    Batches are index slices of a device-side permutation; augmentation (random crop,
+    horizontal flip, optional colour jitter) runs on whole batches on the device, with the
+    normalisation ``(x / 255 - mean) / std`` before the crop or after it (``crop_fill``).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, device):
         super().__init__(labels.to(device), spec, device)
         self.images = images.to(device)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() / 255.0 - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
     def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator:
@@ -180,9 +195,32 @@ class TensorImages(LabelledImages):
         for start in range(0, stop, batch_size):
             chosen = index[start:start + batch_size]
             images = self.images[chosen]
-            if augment:
-                images = augment_batch(images, self.spec.crop_padding, self.spec.flip, generator)
-            yield self.normalize(images), self.labels[chosen]
+            x = self.augmented(images, generator) if augment else self.normalize(images)
+            yield x, self.labels[chosen]
+
+
+def color_jitter(images: torch.Tensor, brightness: float = 63 / 255, contrast: float = 0.8,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """torchvision's ``ColorJitter(brightness, contrast)`` (ABD's scripts) per image of a batch of
+    0..255 images: brightness ``x * b``, contrast ``c x + (1 - c) mean(gray(x))``, factors uniform
+    in ``[1 - brightness, 1 + brightness]`` and ``[1 - contrast, 1 + contrast]``, each result
+    clipped to 0..255, the two in a random order per image. Returns floats (no rounding to uint8
+    between the two, unlike PIL)."""
+    n, device = len(images), images.device
+    x = images.float()
+    b = torch.empty(n).uniform_(max(0.0, 1 - brightness), 1 + brightness, generator=generator).to(device)
+    c = torch.empty(n).uniform_(max(0.0, 1 - contrast), 1 + contrast, generator=generator).to(device)
+    contrast_first = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
+    b, c = b[:, None, None, None], c[:, None, None, None]
+
+    def bright(t):
+        return (t * b).clamp(0, 255)
+
+    def contrasted(t):
+        gray = t if t.shape[1] == 1 else (0.2989 * t[:, :1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])
+        return (c * t + (1 - c) * gray.mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 255)
+
+    return torch.where(contrast_first, bright(contrasted(x)), contrasted(bright(x)))
 
 
 def augment_batch(images: torch.Tensor, padding: int, flip: bool,
@@ -215,16 +253,22 @@ class FolderImages(LabelledImages):
         self.train = train
         self.num_workers = num_workers
 
-    def transform(self, augment: bool):
+    imagenet_crop = "center_pad"  # ImageNet-sized training crops; "random_resized": ABD's ImageNet script
+
+    def random_resized(self, augment: bool) -> bool:
+        return augment and self.spec.image_size >= 224 and self.imagenet_crop == "random_resized"
+
+    def transform(self, augment: bool = False):
+        """The deterministic part, as in the published code: resize 256 and centre-crop 224 for
+        ImageNet-sized inputs, else resize to the input size. The random crop (padding 4) and
+        flip run on the device on whole batches (``augmented``). With ``imagenet_crop =
+        random_resized`` ImageNet-sized training images get ``RandomResizedCrop(224)`` and a flip
+        instead (ABD's ImageNet script)."""
         from torchvision import transforms as T
         size = self.spec.image_size
-        if size >= 224:
-            steps = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if augment else \
-                [T.Resize(256), T.CenterCrop(size)]
-        else:
-            steps = [T.Resize((size, size))]
-            if augment:
-                steps += [T.RandomCrop(size, padding=self.spec.crop_padding), T.RandomHorizontalFlip()]
+        if self.random_resized(augment):
+            return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()])
+        steps = [T.Resize(256), T.CenterCrop(size)] if size >= 224 else [T.Resize((size, size))]
         return T.Compose(steps + [T.PILToTensor()])
 
     def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
@@ -237,7 +281,8 @@ class FolderImages(LabelledImages):
             persistent_workers=False)
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
-            yield (images.float() / 255.0 - self.mean) / self.std, labels.to(self.device)
+            on_device = augment and not self.random_resized(augment)
+            yield (self.augmented(images, generator) if on_device else self.normalize(images)), labels.to(self.device)
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -572,8 +617,8 @@ def load_benchmark(config, device) -> Benchmark:
             x_tr, y_tr = x_tr[keep], y_tr[keep]
         y_tr, tasks = split_tasks(y_tr, order, config.num_tasks, config.first_task_classes)
         y_te, _ = split_tasks(y_te, order, config.num_tasks, config.first_task_classes)
-        return Benchmark(spec, TensorImages(x_tr, y_tr, spec, device), TensorImages(x_te, y_te, spec, device),
-                         order, tasks)
+        return _with_augmentation(Benchmark(spec, TensorImages(x_tr, y_tr, spec, device),
+                                            TensorImages(x_te, y_te, spec, device), order, tasks), config)
     lists = load_tiny_imagenet_lists(root) if config.dataset == "tiny-imagenet200" else load_imagenet100_lists(root)
     p_tr, y_tr, p_te, y_te = lists
     if config.train_per_class:
@@ -581,5 +626,15 @@ def load_benchmark(config, device) -> Benchmark:
         p_tr, y_tr = [p_tr[i] for i in keep.tolist()], y_tr[keep]
     y_tr, tasks = split_tasks(y_tr, order, config.num_tasks, config.first_task_classes)
     y_te, _ = split_tasks(y_te, order, config.num_tasks, config.first_task_classes)
-    return Benchmark(spec, FolderImages(p_tr, y_tr, spec, device, True, config.num_workers),
-                     FolderImages(p_te, y_te, spec, device, False, config.num_workers), order, tasks)
+    return _with_augmentation(Benchmark(spec, FolderImages(p_tr, y_tr, spec, device, True, config.num_workers),
+                                        FolderImages(p_te, y_te, spec, device, False, config.num_workers),
+                                        order, tasks), config)
+
+
+def _with_augmentation(bench: Benchmark, config) -> Benchmark:
+    """The training images augment as the config says (``crop_fill``, ``color_jitter``)."""
+    bench.train.crop_fill = getattr(config, "crop_fill", "mean")
+    bench.train.color_jitter = getattr(config, "color_jitter", False)
+    if isinstance(bench.train, FolderImages):
+        bench.train.imagenet_crop = getattr(config, "imagenet_crop", "center_pad")
+    return bench

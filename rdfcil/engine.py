@@ -27,7 +27,7 @@ from .errors import RdfcilError
 from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
 from .methods import Method, Phase, Task, build_method, unused_keys
 from .metrics import accuracy_on, confusion_matrix, forgetting, task_row
-from .nets import build_model
+from .nets import model_for
 
 # Keys that do not change a run's numbers; every other key must match to resume or reuse a run.
 OPERATIONAL_KEYS = {"out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root"}
@@ -162,6 +162,8 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(total):.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}", refresh=False)
         schedule.step()
+        if phase.on_epoch_end is not None:
+            phase.on_epoch_end()
         for name, value in sums.items():
             history.setdefault(name, []).append(value / max(batches, 1))
     if bar is not None:
@@ -264,7 +266,7 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
         return start
 
     torch.manual_seed(c.seed)
-    model = build_model(c.backbone, bench.spec.channels, bench.spec.image_size, device)
+    model = model_for(c, bench.spec, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if c.compile:

@@ -28,7 +28,8 @@ class Generator(nn.Module):
     ``z (z_dim) -> Linear -> width x s0 x s0 -> BN -> [upsample x2 -> Conv3x3 -> BN(eps=0.8) ->
     LeakyReLU(0.2)] x n_up -> Conv3x3(-> C) -> Tanh -> BN(C, affine=False)``, with
     ``n_up = 2`` (s0 = s/4) up to 32 pixels, 3 for 64 (s0 = s/8), 5 for 224 (s0 = 7, width 64).
-    The last stage halves the width (128 -> 64), as published. ``eps=0.8`` in the stage
+    Up to 64 pixels the last stage halves the width (128 -> 64); the 224-pixel generator keeps
+    64 channels in every stage, as published (cl-lite's ``generator/imagenet.py``). ``eps=0.8`` in the stage
     BatchNorms is a quirk of the published generator (a much larger epsilon than PyTorch's
     1e-5, which damps the normalisation); it is kept on purpose.
     """
@@ -50,7 +51,7 @@ class Generator(nn.Module):
         self.bn0 = nn.BatchNorm2d(width)
         stages, cin = [], width
         for i in range(n_up):
-            cout = width // 2 if i == n_up - 1 else width
+            cout = width // 2 if i == n_up - 1 and image_size < 224 else width
             stages += [nn.Upsample(scale_factor=2), nn.Conv2d(cin, cout, 3, 1, 1),
                        nn.BatchNorm2d(cout, eps=0.8), nn.LeakyReLU(0.2)]
             cin = cout
@@ -179,15 +180,18 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 def train_generator(generator: Generator, old_model: nn.Module, steps: int, batch_size: int,
                     lr: float, weights: dict, progress=None, check=None,
-                    precision: str = "fp32") -> dict[str, list[float]]:
+                    precision: str = "fp32", optimizer: torch.optim.Optimizer | None = None) -> dict[str, list[float]]:
     """Train ``generator`` for ``steps`` Adam steps against the frozen ``old_model``.
+
+    ``optimizer``: an Adam over the generator's parameters to go on with (the ABD repository
+    carries one generator and its optimiser from task to task); None makes a fresh one.
 
     Returns the history of each loss term (weighted) and of their total. ``progress`` is an
     optional tqdm-like bar; ``check(step, terms)`` may raise on a non-finite loss.
     """
     device = next(generator.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
+    optimizer = optimizer or torch.optim.Adam(generator.parameters(), lr=lr)
     history: dict[str, list[float]] = {k: [] for k in ("content", "balance", "smoothness", "bn_stats", "total")}
     generator.train()
     old_model.eval()

@@ -51,11 +51,49 @@ def hkd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor) -> torch.Ten
 
 
 @fp32
-def kd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Soft distillation of LwF: ``T^2 * KL(softmax(z_old / T) || softmax(z / T))``, batch mean."""
-    log_p = F.log_softmax(logits_old_classes.float() / temperature, dim=1)
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``-mean_i sum_c q_ic log softmax(z_i / T)_c``: the ABD repository's ``loss_fn_kd`` (no T^2
+    factor); ``q`` are given probabilities (rows may hold zeros)."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    return -(target_probs.float() * log_p).sum(dim=1).mean()
+
+
+@fp32
+def kd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor, temperature: float,
+       t2: bool = False) -> torch.Tensor:
+    """Soft distillation of LwF as the ABD repository computes it:
+    ``L_kd = -mean_i sum_c softmax(z_old / T)_c log softmax(z / T)_c`` (the KL divergence plus the
+    targets' entropy, a constant without gradient), times ``T^2`` only if ``t2`` (Hinton et al.'s
+    factor; the ABD code has none)."""
     q = F.softmax(old_logits.float() / temperature, dim=1)
-    return F.kl_div(log_p, q, reduction="batchmean") * temperature ** 2
+    loss = soft_cross_entropy(logits_old_classes, q, temperature)
+    return loss * temperature ** 2 if t2 else loss
+
+
+@fp32
+def kd_seen(logits_seen: torch.Tensor, old_logits: torch.Tensor, temperature: float,
+            t2: bool = False) -> torch.Tensor:
+    """DeepInversion's distillation on synthetic data (ABD repository): soft cross-entropy over
+    every seen class against ``q = [softmax(z_old / T), 0, ..., 0]``, the new classes' targets
+    set to zero: ``-mean_i sum_{c < n_old} q_ic log softmax(z_i / T)_c`` over all seen logits."""
+    q = F.softmax(old_logits.float() / temperature, dim=1)
+    q = F.pad(q, (0, logits_seen.shape[1] - q.shape[1]))
+    loss = soft_cross_entropy(logits_seen, q, temperature)
+    return loss * temperature ** 2 if t2 else loss
+
+
+@fp32
+def sample_weighted_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean_i w_i CE(z_i, y_i)``: per-sample weights, averaged over the batch (not normalised
+    by the weights' sum): the ABD repository's ``criterion``."""
+    return (F.cross_entropy(logits.float(), targets, reduction="none") * weights.float()).mean()
+
+
+def abd_sample_weights(targets: torch.Tensor, n_old: int, n_seen: int) -> torch.Tensor:
+    """ABD's class balancing: ``n_old / n_seen`` for samples with an old label (``y < n_old``),
+    ``n_new / n_seen = 1 - n_old / n_seen`` for a new one."""
+    ratio = n_old / n_seen
+    return torch.where(targets < n_old, ratio, 1.0 - ratio).float()
 
 
 @fp32

@@ -16,6 +16,7 @@ from torch import nn
 from . import losses as L
 from .inversion import (Generator, SyntheticReplay, build_generator, class_coverage, frozen_copy, sample,
                         train_generator)
+from .nets import model_for
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Phase:
     milestones: list = field(default_factory=list)
     train_backbone: bool = True
     modules: list = field(default_factory=list)  # extra modules to put in train mode
+    on_epoch_end: Callable[[], None] | None = None  # called by the engine after each epoch
 
 
 class Method:
@@ -64,11 +66,13 @@ class Method:
 
     uses_generator = False
     keeps_old_model = False
+    carries_generator = False  # ABD repository: one generator (and its Adam state) for every task
 
     def __init__(self, config, model: nn.Module, spec):
         self.config, self.model, self.spec = config, model, spec
         self.old_model: nn.Module | None = None
         self.generator: Generator | None = None
+        self.generator_optimizer: torch.optim.Optimizer | None = None
         self.replay: SyntheticReplay | None = None
 
     # -- phases ------------------------------------------------------------------------------
@@ -122,15 +126,27 @@ class Method:
             info = self.invert(task, progress_factory, check)
         return info
 
+    def carry(self) -> bool:
+        """Whether the generator and its Adam state go on from task to task (``generator_carry``)."""
+        return self.carries_generator and self.config.generator_carry
+
+    def new_generator(self) -> Generator:
+        c = self.config
+        generator = build_generator(c, self.spec, self.model.device)
+        if self.carry():
+            self.generator_optimizer = torch.optim.Adam(generator.parameters(), lr=c.inversion_lr)
+        return generator
+
     def invert(self, task: Task, progress_factory=None, check=None) -> dict:
         c = self.config
-        self.generator = build_generator(c, self.spec, self.model.device)
+        if self.generator is None or not self.carry():
+            self.generator = self.new_generator()
         weights = dict(content_temperature=c.content_temperature, alpha_cb=c.alpha_cb,
                        alpha_pr=c.alpha_pr, alpha_rf=c.alpha_rf)
         bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
         history = train_generator(self.generator, self.old_model, c.inversion_steps,
                                   c.inversion_batch_size or c.batch_size, c.inversion_lr, weights, bar, check,
-                                  c.precision)
+                                  c.precision, self.generator_optimizer)
         if bar is not None:
             bar.close()
         _, labels, _ = sample(self.generator, self.old_model, c.coverage_samples)
@@ -146,6 +162,8 @@ class Method:
         state = {name: module.state_dict() for name, module in self.extra_modules().items()}
         if self.generator is not None:
             state["generator"] = self.generator.state_dict()
+        if self.generator_optimizer is not None:
+            state["generator_optimizer"] = self.generator_optimizer.state_dict()
         return state
 
     def load_state_dict(self, state: dict, task: Task) -> None:
@@ -153,9 +171,11 @@ class Method:
         if (self.keeps_old_model or self.uses_generator) and not task.is_last:
             self.old_model = frozen_copy(self.model)
         if "generator" in state:
-            self.generator = build_generator(self.config, self.spec, self.model.device)
+            self.generator = self.new_generator()
             self.generator.load_state_dict(state["generator"])
             self.generator.eval()
+            if self.generator_optimizer is not None and "generator_optimizer" in state:
+                self.generator_optimizer.load_state_dict(state["generator_optimizer"])
 
 
 class Finetune(Method):
@@ -163,15 +183,31 @@ class Finetune(Method):
 
 
 class Joint(Method):
-    """Upper bound: at task t, train on the real data of every class seen so far."""
+    """Upper bound: at task t, train on the real data of every class seen so far. With
+    ``joint_from_scratch`` (ABD's oracle) every task starts from freshly initialised weights
+    and runs the base task's epochs and learning rate; otherwise it continues from the last."""
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        if self.config.joint_from_scratch and task.index > 0:
+            fresh = model_for(self.config, self.spec, self.model.device)
+            for layer in self.model.head.tasks:
+                fresh.head.add_task(layer.out_features)
+            self.model.load_state_dict(fresh.state_dict())
+
+    def train_epochs(self, task: Task) -> int:
+        return super().train_epochs(Task(0, task.classes, task.num_tasks) if self.config.joint_from_scratch else task)
+
+    def lr(self, task: Task) -> float:
+        return self.config.lr if self.config.joint_from_scratch else super().lr(task)
 
     def incremental_phases(self, task: Task) -> list[Phase]:
         return [self.phase("train", task, self.base_loss(task), classes=task.seen)]
 
 
 class LwF(Method):
-    """``L = CE(z, y) + kd_weight * T^2 KL(softmax(z_old/T) || softmax(z[:, :n_old]/T))`` on the
-    new real data (Li & Hoiem), T = 2."""
+    """``L = CE(z, y) + kd_weight * L_kd(z[:, :n_old], z_old)`` on the new real data (Li & Hoiem;
+    the ABD repository's form: soft cross-entropy at T = 2, no T^2 unless ``kd_t2``)."""
 
     keeps_old_model = True
 
@@ -183,35 +219,55 @@ class LwF(Method):
             with torch.no_grad():
                 old_logits = self.old_model(x)
             return {"ce": L.global_ce(logits, y),
-                    "kd": c.kd_weight * L.kd(logits[:, :task.n_old], old_logits, c.kd_temperature)}
+                    "kd": c.kd_weight * L.kd(logits[:, :task.n_old], old_logits, c.kd_temperature, c.kd_t2)}
         return [self.phase("train", task, loss)]
 
 
 class DeepInversion(Method):
-    """Synthetic replay: ``CE(z, y)`` over real + synthetic with all seen classes, plus
-    ``kd_weight * KD_T`` of the old logits on both."""
+    """Synthetic replay as the ABD repository runs it (``deepinversion_replay = published``),
+    real batch ``x`` and synthetic batch ``x_s`` in one forward:
+    ``CE(z(x), y) + kd_weight * [L_kd(z(x)[:, :n_old], z_old(x)) + L_kd_seen(z(x_s), z_old(x_s))]``,
+    the CE on the real half only, ``L_kd_seen`` over every seen class with the new classes'
+    targets set to zero. ``global_ce``: the package's former loss, ``CE`` over real + synthetic
+    (argmax labels) and ``L_kd`` over the old classes on both."""
 
     uses_generator = True
+    carries_generator = True
 
     def incremental_phases(self, task: Task) -> list[Phase]:
         c = self.config
 
-        def loss(x, y):
+        def published(x, y):
+            x_s, _, old_logits_s = self.replay.batch()
+            logits = self.model(torch.cat([x, x_s]))
+            n = len(x)
+            with torch.no_grad():
+                old_logits = self.old_model(x)
+            return {"ce": L.global_ce(logits[:n], y),
+                    "kd": c.kd_weight * L.kd(logits[:n, :task.n_old], old_logits, c.kd_temperature, c.kd_t2),
+                    "kd_synthetic": c.kd_weight * L.kd_seen(logits[n:], old_logits_s, c.kd_temperature, c.kd_t2)}
+
+        def global_ce(x, y):
             inputs, labels, _ = self.with_replay(x, y)
             logits = self.model(inputs)
             with torch.no_grad():
                 old_logits = self.old_model(inputs)
             return {"ce": L.global_ce(logits, labels),
-                    "kd": c.kd_weight * L.kd(logits[:, :task.n_old], old_logits, c.kd_temperature)}
-        return [self.phase("train", task, loss)]
+                    "kd": c.kd_weight * L.kd(logits[:, :task.n_old], old_logits, c.kd_temperature, c.kd_t2)}
+        return [self.phase("train", task, published if c.deepinversion_replay == "published" else global_ce)]
 
 
 class ABD(Method):
-    """Always Be Dreaming (Smith et al. 2021): local CE on the real data, a global CE on
-    real + synthetic computed on detached features (only the head learns from it), and
-    ``mu * ||W_old (f - f_old)||^2 / n_old`` feature distillation through the old head."""
+    """Always Be Dreaming (Smith et al. 2021), as its repository runs it: local CE on the real
+    data, a global CE on real + synthetic computed on detached features (only the head learns
+    from it), and ``abd_mu * ||W_old (f - f_old)||^2 / n_old`` feature distillation through the
+    old head. With ``abd_ce_weighting`` each CE sample is weighted ``n_old / n_seen`` (old
+    label) or ``n_new / n_seen`` (new label) and averaged over the batch. (ABD's code takes the
+    detached features from a second, no-grad forward in training mode, which moves the
+    BatchNorm running statistics once more per step; here they are the first forward's.)"""
 
     uses_generator = True
+    carries_generator = True
 
     def incremental_phases(self, task: Task) -> list[Phase]:
         c = self.config
@@ -222,9 +278,14 @@ class ABD(Method):
             with torch.no_grad():
                 old_features = self.old_model.features(inputs)
             old_head = self.old_model.head.weight
-            return {"local_ce": L.local_ce(logits[:len(x)], y, task.n_old),
-                    "global_ce": L.global_ce(self.model.head(features.detach()), labels),
-                    "feature_kd": c.abd_mu * L.feature_distillation(features, old_features, old_head)}
+            n, head_logits = len(x), self.model.head(features.detach())
+            if c.abd_ce_weighting:
+                w = L.abd_sample_weights(labels, task.n_old, task.seen.stop)
+                ce = {"local_ce": L.sample_weighted_ce(logits[:n, task.n_old:], y - task.n_old, w[:n]),
+                      "global_ce": L.sample_weighted_ce(head_logits, labels, w)}
+            else:
+                ce = {"local_ce": L.local_ce(logits[:n], y, task.n_old), "global_ce": L.global_ce(head_logits, labels)}
+            return {**ce, "feature_kd": c.abd_mu * L.feature_distillation(features, old_features, old_head)}
         return [self.phase("train", task, loss)]
 
 
@@ -239,7 +300,9 @@ class RDFCIL(Method):
             code's choice, ``rrl_forward = separate``) or in one (``joint``).
     Refine: backbone frozen (eval mode, no gradient), head only at constant ``refine_lr``:
             ``lambda_ce CE_w(real + synthetic) + w_hkd L_hkd`` with class weights from the
-            running label counts of this task.
+            running label counts: ``refine_counts = task`` (published) counts the real and
+            synthetic labels of every step of the task, RRL included, and updates the weights
+            at each epoch's end; ``refinement`` counts refinement steps only, updated each step.
     Ablations: ``rkd`` = angle | distance | none; ``local_ce`` = False uses the global CE over
     real + synthetic in RRL; ``refine`` = False gives RRL all the epochs; ``rrl_forward`` =
     separate | joint.
@@ -257,13 +320,16 @@ class RDFCIL(Method):
     def incremental_phases(self, task: Task) -> list[Phase]:
         c = self.config
         self.projections = L.RelationProjections(self.model.feature_dim, self.model.device)
+        self.counts = ClassCounts(task.seen.stop, self.model.device, per_step=c.refine_counts == "refinement")
         refine_epochs = c.refinement_epochs if c.refine else 0
         rrl = self.phase("rrl", task, self.rrl_loss(task), epochs=c.epochs - refine_epochs,
                          extra=(self.projections,))
+        rrl.on_epoch_end = self.counts.epoch_end
         if not refine_epochs:
             return [rrl]
         refine = Phase("refine", refine_epochs, c.refine_lr, list(self.model.head.parameters()),
-                       self.refine_loss(task), task.classes, [], train_backbone=False)
+                       self.refine_loss(task), task.classes, [], train_backbone=False,
+                       on_epoch_end=self.counts.epoch_end)
         return [rrl, refine]
 
     def rrl_loss(self, task: Task):
@@ -272,6 +338,8 @@ class RDFCIL(Method):
 
         def loss(x, y):
             x_s, y_s, old_logits_s = self.replay.batch()
+            if c.refine_counts == "task":
+                self.counts.add(torch.cat([y, y_s]))
             logits, features, logits_s = self.forward_real_and_synthetic(x, x_s)
             if c.local_ce:
                 ce = L.local_ce(logits, y, task.n_old)
@@ -303,17 +371,36 @@ class RDFCIL(Method):
     def refine_loss(self, task: Task):
         c = self.config
         alpha, beta = L.rrl_weights(task.n_old, task.n_new)
-        counts = torch.zeros(task.seen.stop, device=self.model.device)
 
         def loss(x, y):
             inputs, labels, old_logits_s = self.with_replay(x, y)
             with torch.no_grad():
                 features = self.model.features(inputs)
             logits = self.model.head(features)
-            counts.add_(torch.bincount(labels, minlength=len(counts)).float())
-            return {"balanced_ce": c.lambda_ce * L.global_ce(logits, labels, L.class_weights(counts)),
+            self.counts.add(labels)
+            return {"balanced_ce": c.lambda_ce * L.global_ce(logits, labels, self.counts.weights),
                     "hkd": c.lambda_hkd * alpha * beta * L.hkd(logits[len(x):, :task.n_old], old_logits_s)}
         return loss
+
+
+class ClassCounts:
+    """Running label counts of a task and the class weights of the balanced CE (section 6):
+    ``w = class_weights(counts)``, starting at 1. ``per_step``: the weights follow every
+    ``add``; otherwise they change only at ``epoch_end`` (the published code)."""
+
+    def __init__(self, num_classes: int, device, per_step: bool = False):
+        self.counts = torch.zeros(num_classes, device=device)
+        self.weights = torch.ones(num_classes, device=device)
+        self.per_step = per_step
+
+    def add(self, labels: torch.Tensor) -> None:
+        self.counts.add_(torch.bincount(labels, minlength=len(self.counts)).float())
+        if self.per_step:
+            self.weights = L.class_weights(self.counts)
+
+    def epoch_end(self) -> None:
+        if not self.per_step:
+            self.weights = L.class_weights(self.counts)
 
 
 METHOD_CLASSES = {"finetune": Finetune, "joint": Joint, "lwf": LwF, "deepinversion": DeepInversion,
@@ -326,10 +413,12 @@ INVERSION_KEYS = {"inversion_steps", "inversion_lr", "inversion_batch_size", "z_
                   "coverage_samples"}
 METHOD_KEYS = {
     "rdfcil": {"refine_lr", "lambda_ce", "lambda_hkd", "lambda_rkd", "rkd", "local_ce", "refine",
-               "rrl_forward"} | INVERSION_KEYS,
-    "abd": {"abd_mu"} | INVERSION_KEYS,
-    "deepinversion": {"kd_temperature", "kd_weight"} | INVERSION_KEYS,
-    "lwf": {"kd_temperature", "kd_weight"},
+               "rrl_forward", "refine_counts"} | INVERSION_KEYS,
+    "abd": {"abd_mu", "abd_ce_weighting", "generator_carry"} | INVERSION_KEYS,
+    "deepinversion": {"kd_temperature", "kd_weight", "kd_t2", "deepinversion_replay", "generator_carry"}
+    | INVERSION_KEYS,
+    "lwf": {"kd_temperature", "kd_weight", "kd_t2"},
+    "joint": {"joint_from_scratch"},
 }
 
 

@@ -15,53 +15,118 @@ from torch.nn import functional as F
 from .errors import RdfcilError
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (1x1 projection when the shape changes)."""
+RESNET_VARIANTS = ("published", "standard")
 
-    def __init__(self, cin: int, cout: int, stride: int):
+
+class OptionAShortcut(nn.Module):
+    """The parameter-free shortcut of the published CIFAR ResNet ("option A"): subsample
+    ``x[..., ::2, ::2]`` and append zero channels up to ``cout``."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.extra = cout - cin
+
+    def forward(self, x):
+        return F.pad(x[..., ::2, ::2], (0, 0, 0, 0, 0, self.extra))
+
+
+class BasicBlock(nn.Module):
+    """``conv3x3-BN-ReLU-conv3x3-BN`` plus a shortcut, then a ReLU if ``last_relu``.
+
+    ``shortcut``: where the shape changes, ``"conv"`` is a 1x1 convolution + BN (torchvision,
+    He et al. option B), ``"option_a"`` the parameter-free subsample + zero channels."""
+
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str = "conv", last_relu: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
+        self.last_relu = last_relu
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = OptionAShortcut(cin, cout) if shortcut == "option_a" else \
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.shortcut(x)
+        return F.relu(out) if self.last_relu else out
+
+
+def init_resnet(model: nn.Module, zero_residual: bool) -> None:
+    """Kaiming-normal (fan_out) convolutions, BN weight 1 and bias 0; with ``zero_residual`` the
+    last BN of every block starts at weight 0 (each block starts as the identity)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if zero_residual:
+        for m in model.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
 
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) of He et al. for CIFAR: a 3x3 stem of 16 channels, three stages of ``n``
     basic blocks with 16/32/64 channels (stride 2 at stages 2 and 3), global average pooling.
-    ResNet-32 is n = 5; ResNet-20 n = 3; ResNet-8 n = 1. Output: 64 features."""
+    ResNet-32 is n = 5; ResNet-20 n = 3; ResNet-8 n = 1. Output: 64 features.
 
-    def __init__(self, depth: int, channels: int):
+    ``variant="published"`` is cl-lite's port used by the R-DFCIL code (METHOD.md section 2):
+    no ReLU after the residual additions (pooled features can be negative), option-A
+    shortcuts, the last BN of each block initialised to zero. ``"standard"`` is the package's
+    former variant: a ReLU after every addition, 1x1-conv + BN shortcuts, default BN init."""
+
+    def __init__(self, depth: int, channels: int, variant: str = "published"):
         super().__init__()
         if (depth - 2) % 6:
             raise RdfcilError(f"a CIFAR ResNet has depth 6n+2, got {depth}")
+        published = variant == "published"
         n = (depth - 2) // 6
         self.stem = nn.Sequential(nn.Conv2d(channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         layers, cin = [], 16
         for stage, width in enumerate((16, 32, 64)):
             for block in range(n):
-                layers.append(BasicBlock(cin, width, 2 if stage > 0 and block == 0 else 1))
+                layers.append(BasicBlock(cin, width, 2 if stage > 0 and block == 0 else 1,
+                                         "option_a" if published else "conv", last_relu=not published))
                 cin = width
         self.blocks = nn.Sequential(*layers)
         self.feature_dim = 64
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_resnet(self, zero_residual=published)
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
+
+
+class PublishedResNet18(nn.Module):
+    """cl-lite's ResNet-18 (PODNet's port of torchvision's), as the R-DFCIL code builds it for
+    ImageNet-100: a 3x3 stride-1 stem of 64 channels with BN, ReLU and a 3x3 stride-2 max-pool;
+    four stages of two basic blocks (64/128/256/512 channels, stride 2 from stage 2, 1x1-conv +
+    BN shortcuts); the first block of each stage ends with a ReLU, the last one without
+    (``last_relu=False``), no ReLU between stages; residual BNs zero-initialised. 512 features."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], 64
+        for stage, width in enumerate((64, 128, 256, 512)):
+            layers += [BasicBlock(cin, width, 1 if stage == 0 else 2, "conv", last_relu=True),
+                       BasicBlock(width, width, 1, "conv", last_relu=False)]
+            cin = width
+        self.blocks = nn.Sequential(*layers)
+        self.feature_dim = 512
+        init_resnet(self, zero_residual=True)
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
 
 
 def imagenet_resnet18(channels: int, image_size: int) -> nn.Module:
-    """torchvision's ResNet-18 without its classifier (512 features). Inputs under 64 pixels get
-    a 3x3 stride-1 stem and no max-pool, so that 8x8 and 32x32 images keep a spatial map."""
+    """torchvision's ResNet-18 without its classifier (512 features): the ``standard`` variant.
+    Inputs under 64 pixels get a 3x3 stride-1 stem and no max-pool, so that 8x8 and 32x32
+    images keep a spatial map."""
     from torchvision.models import resnet18
     net = resnet18(weights=None)
     if image_size < 64:
@@ -74,23 +139,27 @@ def imagenet_resnet18(channels: int, image_size: int) -> nn.Module:
     return net
 
 
-def build_backbone(name: str, channels: int, image_size: int, device=None) -> nn.Module:
-    """The backbone ``name``, its parameters and buffers created on ``device`` (default: CPU)."""
+def build_backbone(name: str, channels: int, image_size: int, variant: str = "published", device=None) -> nn.Module:
+    """The backbone ``name`` in ``variant``, its parameters and buffers created on ``device``
+    (default: CPU)."""
+    if variant not in RESNET_VARIANTS:
+        raise RdfcilError(f"unknown resnet_variant '{variant}'; valid: {', '.join(RESNET_VARIANTS)}")
     depths = {"resnet8": 8, "resnet14": 14, "resnet20": 20, "resnet32": 32}
     if name not in depths and name != "resnet18":
         raise RdfcilError(f"unknown backbone '{name}'; valid: {', '.join(list(depths) + ['resnet18'])}")
     with torch.device(device or "cpu"):  # every tensor made in here lands on the device
         if name in depths:
-            return CifarResNet(depths[name], channels)
-        return imagenet_resnet18(channels, image_size)
+            return CifarResNet(depths[name], channels, variant)
+        return PublishedResNet18(channels) if variant == "published" else imagenet_resnet18(channels, image_size)
 
 
 class IncrementalHead(nn.Module):
     """Concatenated bias-free linears, one per task: ``logits = [W_0 f, W_1 f, ..., W_t f]``."""
 
-    def __init__(self, feature_dim: int, device=None):
+    def __init__(self, feature_dim: int, init_std: float | None = 0.001, device=None):
         super().__init__()
         self.feature_dim = feature_dim
+        self.init_std = init_std  # normal(0, init_std) as published; None: PyTorch's default uniform
         self.tasks = nn.ModuleList()
         # An empty, non-persistent buffer: it follows ``.to()`` and tells ``add_task`` where the
         # model lives even before the first task's linear exists.
@@ -107,6 +176,8 @@ class IncrementalHead(nn.Module):
     def add_task(self, num_classes: int) -> nn.Linear:
         """Append a linear for ``num_classes`` new classes, created on the head's device."""
         layer = nn.Linear(self.feature_dim, num_classes, bias=False, device=self.device)
+        if self.init_std is not None:
+            nn.init.normal_(layer.weight, std=self.init_std)
         self.tasks.append(layer)
         return layer
 
@@ -123,11 +194,11 @@ class IncrementalNet(nn.Module):
     """Backbone + incremental head. ``forward(x)`` gives logits; ``forward(x, features=True)``
     gives ``(logits, pooled features)`` (the paper's "feature mode")."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, head_init_std: float | None = 0.001):
         super().__init__()
         self.backbone = backbone
         device = next(backbone.parameters()).device
-        self.head = IncrementalHead(backbone.feature_dim, device)
+        self.head = IncrementalHead(backbone.feature_dim, head_init_std, device)
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +217,15 @@ class IncrementalNet(nn.Module):
         return (logits, f) if features else logits
 
 
-def build_model(backbone: str, channels: int, image_size: int, device=None) -> IncrementalNet:
-    """Backbone + empty head, built on ``device`` (CPU, CUDA or ``meta``): nothing is moved
-    after construction, and the head's later tasks are created where the model lives."""
-    return IncrementalNet(build_backbone(backbone, channels, image_size, device))
+def build_model(backbone: str, channels: int, image_size: int, device=None, *, variant: str = "published",
+                head_init_std: float | None = 0.001) -> IncrementalNet:
+    """Backbone + empty head, built on ``device`` (CPU, CUDA or ``meta``): nothing is moved after
+    construction, and the head's later tasks are created where the model lives. ``variant`` and
+    ``head_init_std`` default to the published code's."""
+    return IncrementalNet(build_backbone(backbone, channels, image_size, variant, device), head_init_std)
+
+
+def model_for(config, spec, device=None) -> IncrementalNet:
+    """The model a config asks for (``backbone``, ``resnet_variant``, ``head_init_std``) on ``device``."""
+    return build_model(config.backbone, spec.channels, spec.image_size, device, variant=config.resnet_variant,
+                       head_init_std=config.head_init_std)

@@ -134,3 +134,46 @@ def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_cl
                 config.out = str(run_folder(out_dir, config))
                 configs.append(config)
     return configs
+
+
+# --------------------------------------------------------------------------- departures from the paper
+
+# Keys that describe the experiment rather than how it is run: never a departure.
+PROTOCOL_KEYS = {"dataset", "method", "num_tasks", "first_task_classes", "class_order", "seed", "preset",
+                 "out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root"}
+PAPER_DATASETS = ("cifar100", "tiny-imagenet200", "imagenet100")
+
+
+def paper_reference(dataset: str, method: str):
+    """The published configuration a run of ``method`` on ``dataset`` is compared with: the
+    paper preset of the dataset, or for a dataset without one (digits, fashion-mnist) the
+    CIFAR-100 paper preset (the published 32x32 setting)."""
+    from .config import resolve
+    return resolve({"dataset": dataset if dataset in PAPER_DATASETS else "cifar100", "method": method,
+                    "preset": "paper"})
+
+
+def departures(config) -> dict[str, tuple]:
+    """``{key: (value in config, published value)}`` for every key that ``config``'s method reads
+    and in which it differs from :func:`paper_reference` (protocol keys aside)."""
+    from .methods import unused_keys
+    reference = paper_reference(config.dataset, config.method).to_dict()
+    ignored = PROTOCOL_KEYS | unused_keys(config.method)
+    return {k: (v, reference[k]) for k, v in config.to_dict().items() if k not in ignored and v != reference[k]}
+
+
+def departure_lines(configs) -> list[str]:
+    """One line per key in which any of ``configs`` departs from the paper: the key, the values
+    of the runs (with their methods) and the published value; empty when none departs."""
+    found: dict[str, dict] = {}
+    for c in configs:
+        for key, (value, published_value) in departures(c).items():
+            entry = found.setdefault(key, {"runs": {}, "published": {}})
+            entry["runs"].setdefault(repr(value), set()).add(c.method)
+            entry["published"].setdefault(repr(published_value), set()).add(c.method)
+    lines = []
+    for key in sorted(found):
+        runs = "; ".join(f"{v} ({', '.join(sorted(ms))})" for v, ms in found[key]["runs"].items())
+        published_values = "; ".join(f"{v} ({', '.join(sorted(ms))})" for v, ms in found[key]["published"].items())
+        lines.append(f"{key}: runs {runs} | paper {published_values}")
+    return lines

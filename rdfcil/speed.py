@@ -24,7 +24,7 @@ from .engine import evaluate, pick_device, train_phase
 from .inversion import BatchNormStatistics, build_generator, frozen_copy, inversion_losses
 from .io import write_json
 from .methods import RDFCIL, Finetune, Task
-from .nets import build_model
+from .nets import model_for
 
 
 class Timer:
@@ -97,7 +97,7 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else nullcontext()
     timer = Timer(device)
     torch.manual_seed(0)
-    model = build_model(config.backbone, spec.channels, spec.image_size, device)
+    model = model_for(config, spec, device)
     model.head.add_task(len(bench.tasks[0]))
     out: dict = {"device": str(device), "dataset": config.dataset, "backbone": config.backbone,
                  "batch_size": b, "precision": config.precision, "rrl_forward": config.rrl_forward,

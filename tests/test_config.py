@@ -52,6 +52,77 @@ def test_digits_quick_preset_runs_the_paper_schedule_and_the_demo_a_lighter_one(
     assert (f.epochs, f.lr_incremental) == (10, 0.05) and "incremental lr 0.05" in f.notes
 
 
+PUBLISHED = dict(resnet_variant="published", head_init_std=0.001, refine_counts="task", kd_t2=False,
+                 deepinversion_replay="published", abd_mu=0.1, abd_ce_weighting=True, generator_carry=True,
+                 joint_from_scratch=True)
+
+
+@pytest.mark.parametrize("dataset", ["cifar100", "tiny-imagenet200", "imagenet100"])
+@pytest.mark.parametrize("method", ["finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil"])
+def test_paper_preset_has_no_departure(dataset, method):
+    c = resolve({"dataset": dataset, "preset": "paper", "method": method})
+    assert all(getattr(c, k) == v for k, v in PUBLISHED.items())
+    assert all(getattr(c, k) == getattr(Config(), k) for k in PUBLISHED)  # the dataclass defaults are published
+    assert paper.departures(c) == {}
+    if method == "rdfcil":
+        assert (c.crop_fill, c.color_jitter) == ("mean", False)
+
+
+def test_paper_preset_of_the_baselines_is_the_abd_scripts():
+    for dataset in ("cifar100", "tiny-imagenet200"):
+        for method in ("finetune", "joint", "lwf", "deepinversion", "abd"):
+            c = resolve({"dataset": dataset, "preset": "paper", "method": method})
+            assert (c.epochs, c.refinement_epochs, c.milestones, c.weight_decay) == (250, 0, [100, 150, 200], 2e-4)
+            assert (c.inversion_steps, c.batch_size, c.color_jitter, c.crop_fill) == (10000, 128, True, "zero")
+            assert "not public" in c.notes and "ABD repository" in c.notes
+    i = resolve({"dataset": "imagenet100", "preset": "paper", "method": "abd"})
+    assert (i.epochs, i.milestones, i.batch_size, i.inversion_steps) == (100, [30, 60, 80, 90], 256, 50000)
+    assert "RandomResizedCrop" in i.notes and i.imagenet_crop == "random_resized"
+    assert resolve({"dataset": "imagenet100", "preset": "paper", "method": "rdfcil"}).imagenet_crop == "center_pad"
+
+
+def test_quick_presets_follow_the_published_variants_and_list_their_departures():
+    for dataset in ("digits", "fashion-mnist"):
+        for method in ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil"):
+            c = resolve({"dataset": dataset, "preset": "quick", "method": method})
+            assert all(getattr(c, k) == v for k, v in PUBLISHED.items())
+            assert "published variants" in c.notes
+            if method != "rdfcil":
+                assert "ABD repository's baselines" in c.notes and "250 epochs" in c.notes
+
+
+def test_departures_name_every_differing_key_the_method_reads():
+    c = resolve({"dataset": "cifar100", "preset": "paper", "method": "abd", "abd_mu": 1.0, "refine_lr": 0.2,
+                 "resnet_variant": "standard", "seed": 3})
+    assert paper.departures(c) == {"abd_mu": (1.0, 0.1), "resnet_variant": ("standard", "published")}
+    quick = resolve({"dataset": "digits", "preset": "quick", "method": "rdfcil"})
+    found = paper.departures(quick)
+    assert {"backbone", "synthetic_pool", "rrl_forward", "refine_lr", "inversion_steps"} <= set(found)
+    assert found["backbone"] == ("resnet20", "resnet32")
+    lines = paper.departure_lines([quick, resolve({"dataset": "digits", "preset": "quick", "method": "lwf"})])
+    assert any(line.startswith("backbone: runs 'resnet20' (lwf, rdfcil)") for line in lines)
+
+
+def test_method_keys_declare_the_new_switches():
+    from rdfcil.methods import METHOD_KEYS, unused_keys
+    assert {"refine_counts"} <= METHOD_KEYS["rdfcil"]
+    assert {"abd_mu", "abd_ce_weighting", "generator_carry"} <= METHOD_KEYS["abd"]
+    assert {"kd_t2", "deepinversion_replay", "generator_carry"} <= METHOD_KEYS["deepinversion"]
+    assert {"kd_t2"} <= METHOD_KEYS["lwf"] and METHOD_KEYS["joint"] == {"joint_from_scratch"}
+    assert "joint_from_scratch" in unused_keys("rdfcil") and "refine_counts" in unused_keys("abd")
+
+
+def test_new_switches_from_strings():
+    c = resolve({"head_init_std": "none", "kd_t2": "true", "abd_ce_weighting": "false", "abd_mu": "1",
+                 "crop_fill": "zero", "refine_counts": "refinement", "joint_from_scratch": "0"})
+    assert (c.head_init_std, c.kd_t2, c.abd_ce_weighting, c.abd_mu) == (None, True, False, 1.0)
+    assert (c.crop_fill, c.refine_counts, c.joint_from_scratch) == ("zero", "refinement", False)
+    assert resolve({"head_init_std": "0.01"}).head_init_std == 0.01
+    for key in ("resnet_variant", "crop_fill", "imagenet_crop", "refine_counts", "deepinversion_replay"):
+        with pytest.raises(RdfcilError, match=key):
+            resolve({key: "bogus"})
+
+
 def test_yaml_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"dataset": "digits", "epochs": 7, "refinement_epochs": 2, "method": "lwf"}))

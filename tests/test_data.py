@@ -670,3 +670,95 @@ def test_subsample_per_class():
     others = {tuple(data.subsample_per_class(labels, 5, seed=s).tolist()) for s in range(1, 6)}
     assert len(others | {tuple(keep.tolist())}) > 1
     assert data.subsample_per_class(labels, 100).tolist() == list(range(20))
+
+
+# --------------------------------------------------------------------------- published augmentation
+
+def _cifar_store(value: int, crop_fill: str, color_jitter: bool = False):
+    images = torch.full((256, 3, 8, 8), value, dtype=torch.uint8)
+    store = data.TensorImages(images, torch.zeros(256, dtype=torch.long), data.SPECS["cifar100"], "cpu")
+    store.crop_fill, store.color_jitter = crop_fill, color_jitter
+    return store
+
+
+def test_crop_fill_mean_pads_with_the_mean_colour_after_normalisation():
+    """The published code normalises first, so the crop's padding is 0 in model space (the mean
+    colour); ``crop_fill: zero`` pads the raw image with black, -mean/std in model space."""
+    mean = torch.tensor(data.SPECS["cifar100"].mean).view(1, 3, 1, 1)
+    std = torch.tensor(data.SPECS["cifar100"].std).view(1, 3, 1, 1)
+    inside = (200 / 255 - mean) / std
+    for fill, pad_value in (("mean", torch.zeros(1, 3, 1, 1)), ("zero", -mean / std)):
+        store = _cifar_store(200, fill)
+        x, _ = next(store.batches(range(0, 1), 256, augment=True, generator=torch.Generator().manual_seed(0)))
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, 3)
+        is_inside = torch.isclose(pixels, inside.view(1, 3), atol=1e-5).all(1)
+        is_pad = torch.isclose(pixels, pad_value.view(1, 3), atol=1e-5).all(1)
+        assert (is_inside | is_pad).all() and is_pad.any() and is_inside.any(), fill
+
+
+def test_paper_preset_crop_fill_reaches_the_training_images():
+    c = rconfig.resolve({"dataset": "cifar100", "preset": "paper", "method": "rdfcil"})
+    assert c.crop_fill == "mean" and not c.color_jitter
+    c = rconfig.resolve({"dataset": "cifar100", "preset": "paper", "method": "abd"})
+    assert c.crop_fill == "zero" and c.color_jitter  # ABD's scripts: PIL crop of the raw image, jitter
+
+
+def test_color_jitter_factors_and_bounds():
+    images = torch.randint(0, 256, (500, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = data.color_jitter(images, generator=torch.Generator().manual_seed(1))
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+    again = data.color_jitter(images, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert torch.equal(data.color_jitter(images, 0.0, 0.0), images.float())  # no jitter: identity
+    # brightness only on a constant grey image: a factor in [1 - 63/255, 1 + 63/255]
+    grey = torch.full((500, 1, 2, 2), 100, dtype=torch.uint8)
+    ratio = data.color_jitter(grey, contrast=0.0, generator=torch.Generator().manual_seed(2))[:, 0, 0, 0] / 100
+    assert ratio.min() >= 1 - 63 / 255 - 1e-6 and ratio.max() <= 1 + 63 / 255 + 1e-6
+    assert ratio.max() - ratio.min() > 0.4
+    # contrast only keeps the grey mean of an unclipped image
+    mid = torch.tensor([[[[100, 140], [120, 160]]]], dtype=torch.uint8).repeat(50, 1, 1, 1)
+    c = data.color_jitter(mid, brightness=0.0, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(c.mean(dim=(1, 2, 3)), torch.full((50,), 130.0), atol=1e-4)
+
+
+def test_imagenet_transform_is_resize_256_centre_crop_224_then_pad_4_crop_and_flip(tmp_path):
+    from PIL import Image
+    from torchvision import transforms as T
+    spec = data.SPECS["imagenet100"]
+    assert spec.crop_padding == 4 and spec.flip
+    path = tmp_path / "a.JPEG"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(path)
+    store = data.FolderImages([str(path)] * 2, torch.tensor([0, 0]), spec, "cpu", True, num_workers=0)
+    steps = store.transform().transforms
+    assert [type(t) for t in steps] == [T.Resize, T.CenterCrop, T.PILToTensor]
+    assert steps[0].size == 256 and tuple(steps[1].size) == (224, 224)
+    plain, _ = next(store.batches(range(0, 1), 2))
+    generator = torch.Generator().manual_seed(0)
+    augmented, _ = next(store.batches(range(0, 1), 2, augment=True, generator=generator))
+    assert plain.shape == augmented.shape == (2, 3, 224, 224)
+    # each augmented image is the centre crop shifted by at most 4 pixels (mean-colour padding), maybe flipped
+    for k in range(2):
+        matched = False
+        for image in (plain[k], plain[k].flip(2)):
+            for dy in range(-4, 5):
+                for dx in range(-4, 5):
+                    shifted = torch.nn.functional.pad(image, (4, 4, 4, 4))[:, 4 + dy:228 + dy, 4 + dx:228 + dx]
+                    matched |= torch.allclose(shifted, augmented[k], atol=1e-5)
+        assert matched
+
+
+def test_imagenet_crop_random_resized_is_abds_imagenet_pipeline(tmp_path):
+    from PIL import Image
+    from torchvision import transforms as T
+    path = tmp_path / "a.JPEG"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(path)
+    store = data.FolderImages([str(path)] * 2, torch.tensor([0, 0]), data.SPECS["imagenet100"], "cpu", True,
+                              num_workers=0)
+    store.imagenet_crop = "random_resized"
+    assert [type(t) for t in store.transform(augment=True).transforms] == \
+        [T.RandomResizedCrop, T.RandomHorizontalFlip, T.PILToTensor]
+    assert [type(t) for t in store.transform(augment=False).transforms] == [T.Resize, T.CenterCrop, T.PILToTensor]
+    x, _ = next(store.batches(range(0, 1), 2, augment=True, generator=torch.Generator().manual_seed(0)))
+    assert x.shape == (2, 3, 224, 224)
+    bench_config = rconfig.resolve({"dataset": "imagenet100", "preset": "paper", "method": "abd"})
+    assert bench_config.imagenet_crop == "random_resized"

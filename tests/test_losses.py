@@ -42,13 +42,39 @@ def test_hkd_is_mean_absolute_difference():
     assert L.hkd(a, b).item() == pytest.approx((1 + 0.5 + 0 + 3) / 4)
 
 
-def test_kd_is_t_squared_kl_and_zero_for_equal_logits():
+def test_kd_is_the_abd_soft_cross_entropy_without_t_squared():
     z = torch.tensor([[1.0, 2.0, 0.5]])
-    assert L.kd(z, z, 2.0).item() == pytest.approx(0.0, abs=1e-7)
     old = torch.tensor([[0.0, 0.0, 0.0]])
-    p = torch.softmax(z / 2, 1)
-    expected = 4 * (1 / 3 * (torch.log(torch.tensor(1 / 3)) - torch.log(p))).sum()
+    log_p = torch.log_softmax(z / 2, 1)
+    expected = -(1 / 3 * log_p).sum()  # q uniform: -sum_c q_c log p_c, no T^2 (ABD's loss_fn_kd)
     assert L.kd(z, old, 2.0).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert L.kd(z, old, 2.0, t2=True).item() == pytest.approx(4 * expected.item(), abs=1e-6)
+    # equal logits: the targets' entropy (KL is zero, the soft CE is H(q))
+    q = torch.softmax(z / 2, 1)
+    assert L.kd(z, z, 2.0).item() == pytest.approx(-(q * q.log()).sum().item(), abs=1e-6)
+
+
+def test_kd_seen_zeroes_the_new_class_targets_by_hand():
+    # two old classes, three seen; old logits (0, ln 3) at T=1 -> q = (1/4, 3/4, 0)
+    logits = torch.tensor([[0.0, 0.0, math.log(2.0)], [1.0, 1.0, 1.0]])
+    old = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])
+    # row 1: p = (1/4, 1/4, 1/2): -(1/4 ln 1/4 + 3/4 ln 1/4) = ln 4; row 2: p = 1/3 each: ln 3
+    expected = (math.log(4.0) + math.log(3.0)) / 2
+    assert L.kd_seen(logits, old, 1.0).item() == pytest.approx(expected, abs=1e-6)
+    assert L.kd_seen(logits, old, 1.0, t2=True).item() == pytest.approx(expected, abs=1e-6)  # T^2 = 1
+    assert L.kd_seen(2 * logits, 2 * old, 2.0, t2=True).item() == pytest.approx(4 * expected, abs=1e-5)
+
+
+def test_abd_sample_weights_and_weighted_ce_by_hand():
+    targets = torch.tensor([0, 3, 1, 4])  # n_old = 3, n_seen = 5: old labels 0, 1; new 3, 4
+    w = L.abd_sample_weights(targets, 3, 5)
+    assert w.tolist() == pytest.approx([0.6, 0.4, 0.6, 0.4])
+    logits = torch.zeros(4, 5)  # CE = ln 5 for every sample
+    expected = math.log(5.0) * (0.6 + 0.4 + 0.6 + 0.4) / 4  # a batch mean, not divided by sum(w)
+    assert L.sample_weighted_ce(logits, targets, w).item() == pytest.approx(expected, abs=1e-6)
+    logits = torch.tensor([[math.log(3.0), 0.0]])  # p(0) = 3/4
+    assert L.sample_weighted_ce(logits, torch.tensor([0]), torch.tensor([0.5])).item() == \
+        pytest.approx(-0.5 * math.log(0.75), abs=1e-6)
 
 
 def test_angle_relations_of_three_known_points():

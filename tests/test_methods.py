@@ -10,7 +10,8 @@ from rdfcil.data import load_benchmark
 from rdfcil.engine import train_phase
 from rdfcil.inversion import (BatchNormStatistics, Generator, SyntheticReplay, class_coverage,
                               frozen_copy, sample, train_generator)
-from rdfcil.methods import RDFCIL, Task
+from rdfcil import losses as L
+from rdfcil.methods import ABD, RDFCIL, ClassCounts, DeepInversion, Joint, Task
 from rdfcil.nets import build_model
 
 INVERSION_WEIGHTS = dict(content_temperature=1000.0, alpha_cb=1.0, alpha_pr=1e-3, alpha_rf=50.0)
@@ -70,13 +71,14 @@ def test_short_inversion_lowers_bn_loss_and_covers_old_classes(trained_base):
     assert not any(p.requires_grad for p in old.parameters())
 
 
-def _incremental(trained_base):
+def _incremental(trained_base, cls=RDFCIL, **overrides):
     """A copy of the trained base model at the start of task 1, with an (untrained) generator."""
     config, bench, base, _ = trained_base
+    config = dataclasses.replace(config, **overrides)
     model = build_model("resnet8", 1, 8)
     model.head.add_task(5)
     model.load_state_dict(base.state_dict())
-    method = RDFCIL(config, model, bench.spec)
+    method = cls(config, model, bench.spec)
     method.old_model = frozen_copy(model)
     method.generator = Generator(8, 1, z_dim=64, width=32).eval()
     task1 = Task(1, bench.tasks[1], 2)
@@ -143,3 +145,129 @@ def test_replay_pool_labels_are_old_model_argmax(trained_base):
     assert x.shape == (10, 1, 8, 8) and torch.equal(y, logits.argmax(1))
     with torch.no_grad():
         assert torch.allclose(old(x), logits, atol=1e-5)
+
+
+def test_224_generator_keeps_64_channels_in_every_stage():
+    g = Generator(224, 3, z_dim=16)
+    convs = [m for m in g.stages if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5 and all(m.in_channels == m.out_channels == 64 for m in convs)
+    assert g.to_image[0].in_channels == 64 and g.start == 7
+    small = Generator(32, 3, z_dim=16)  # up to 64 pixels the last stage halves (128 -> 64)
+    assert [m.out_channels for m in small.stages if isinstance(m, torch.nn.Conv2d)] == [128, 64]
+
+
+def test_class_counts_update_at_epoch_end_or_every_step():
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    counts = ClassCounts(3, "cpu")
+    counts.add(labels)
+    assert counts.counts.tolist() == [3, 1, 2] and counts.weights.tolist() == [1, 1, 1]
+    counts.epoch_end()  # w = 6 / (3, 1, 2) = (2, 6, 3), normalised to the smallest: (1, 3, 1.5)
+    assert counts.weights.tolist() == pytest.approx([1.0, 3.0, 1.5])
+    per_step = ClassCounts(3, "cpu", per_step=True)
+    per_step.add(labels)
+    assert per_step.weights.tolist() == pytest.approx([1.0, 3.0, 1.5])
+
+
+@pytest.mark.parametrize("mode", ["task", "refinement"])
+def test_refinement_counts_cover_every_step_of_the_task(trained_base, mode):
+    """``task`` (published): the real and synthetic labels of RRL steps count too, and the
+    weights change at epoch ends only; ``refinement``: only refinement steps count."""
+    config, bench, model, method, task1 = _incremental(trained_base, refine_counts=mode)
+    rrl, refine = method.phases(task1)
+    x, y = next(bench.train.batches(task1.classes, 24, shuffle=True))
+    model.train()
+    rrl.loss(x, y)
+    assert method.counts.counts.sum().item() == (24 + 64 if mode == "task" else 0)
+    assert rrl.on_epoch_end == refine.on_epoch_end == method.counts.epoch_end
+    rrl.on_epoch_end()
+    expected = L.class_weights(method.counts.counts) if mode == "task" else torch.ones(10)
+    assert torch.allclose(method.counts.weights, expected)
+    model.eval()
+    before = method.counts.weights.clone()
+    refine.loss(x, y)
+    assert method.counts.counts.sum().item() == (2 if mode == "task" else 1) * (24 + 64)
+    if mode == "task":
+        assert torch.equal(method.counts.weights, before)  # unchanged until the epoch ends
+    else:
+        assert torch.allclose(method.counts.weights, L.class_weights(method.counts.counts))
+
+
+def test_deepinversion_published_ce_on_real_only_and_soft_kd_on_synthetic(trained_base):
+    config, bench, model, method, task1 = _incremental(trained_base, DeepInversion)
+    method.replay = SyntheticReplay(method.generator, method.old_model, 64, 256)
+    (phase,) = method.phases(task1)
+    x, y = next(bench.train.batches(task1.classes, 24, shuffle=True))
+    model.eval()  # BatchNorm in eval mode: the joint forward equals separate ones
+    torch.manual_seed(5)
+    terms = phase.loss(x, y)
+    assert set(terms) == {"ce", "kd", "kd_synthetic"}
+    torch.manual_seed(5)
+    x_s, _, old_s = method.replay.batch()
+    with torch.no_grad():
+        logits, logits_s, old = model(x), model(x_s), method.old_model(x)
+    assert terms["ce"].item() == pytest.approx(L.global_ce(logits, y).item(), abs=1e-5)
+    assert terms["kd"].item() == pytest.approx(L.kd(logits[:, :5], old, 2.0).item(), abs=1e-5)
+    assert terms["kd_synthetic"].item() == pytest.approx(L.kd_seen(logits_s, old_s, 2.0).item(), abs=1e-5)
+    method.config = dataclasses.replace(method.config, deepinversion_replay="global_ce")
+    (phase,) = method.phases(task1)
+    assert set(phase.loss(x, y)) == {"ce", "kd"}
+
+
+def test_abd_weights_each_ce_sample_by_its_share_of_seen_classes(trained_base):
+    config, bench, model, method, task1 = _incremental(trained_base, ABD)
+    assert config.abd_mu == 0.1 and config.abd_ce_weighting
+    method.replay = SyntheticReplay(method.generator, method.old_model, 64, 256)
+    (phase,) = method.phases(task1)
+    x, y = next(bench.train.batches(task1.classes, 24, shuffle=True))
+    model.eval()
+    torch.manual_seed(5)
+    terms = phase.loss(x, y)
+    torch.manual_seed(5)
+    _, y_s, _ = method.replay.batch()
+    with torch.no_grad():
+        logits = model(x)
+    # 5 old and 5 new of 10 seen classes: every sample weighs 0.5, the local CE is half the plain one
+    assert terms["local_ce"].item() == pytest.approx(0.5 * L.local_ce(logits, y, 5).item(), abs=1e-5)
+    method.config = dataclasses.replace(method.config, abd_ce_weighting=False)
+    (phase,) = method.phases(task1)
+    torch.manual_seed(5)
+    plain = phase.loss(x, y)
+    assert plain["local_ce"].item() == pytest.approx(2 * terms["local_ce"].item(), abs=1e-5)
+    assert plain["global_ce"].item() == pytest.approx(2 * terms["global_ce"].item(), abs=1e-5)
+    assert y_s.max() < 5
+
+
+def test_abd_carries_one_generator_and_its_adam_state(trained_base):
+    config, bench, model, method, task1 = _incremental(trained_base, ABD, inversion_steps=3, inversion_batch_size=16,
+                                                       z_dim=16, generator_width=8, coverage_samples=32)
+    method.generator = None
+    method.invert(Task(0, bench.tasks[0], 3))
+    first, optimizer = method.generator, method.generator_optimizer
+    method.invert(Task(1, bench.tasks[1], 3))
+    assert method.generator is first and method.generator_optimizer is optimizer
+    assert max(s["step"].item() for s in optimizer.state.values()) == 6
+    assert "generator_optimizer" in method.state_dict()
+    method.config = dataclasses.replace(method.config, generator_carry=False)
+    method.invert(Task(1, bench.tasks[1], 3))
+    assert method.generator is not first
+    rdfcil = RDFCIL(method.config, model, bench.spec)  # R-DFCIL's code inverts a fresh generator each task
+    assert not rdfcil.carry()
+
+
+def test_joint_from_scratch_reinitialises_every_task(trained_base):
+    config, bench, model, method, task1 = _incremental(trained_base, Joint, lr_incremental=0.05)
+    trained = model.backbone.stem[0].weight.detach().clone()
+    method.begin_task(task1)
+    assert not torch.equal(model.backbone.stem[0].weight, trained)
+    blocks = [m for m in model.backbone.modules() if hasattr(m, "bn2")]
+    assert all(torch.all(b.bn2.weight == 0) for b in blocks)  # the published initialisation again
+    (phase,) = method.phases(task1)
+    assert phase.epochs == config.epochs - config.refinement_epochs and phase.lr == config.lr
+    assert phase.classes == task1.seen
+    config, bench, model, method, task1 = _incremental(trained_base, Joint, joint_from_scratch=False,
+                                                       lr_incremental=0.05)
+    trained = model.backbone.stem[0].weight.detach().clone()
+    method.begin_task(task1)
+    assert torch.equal(model.backbone.stem[0].weight, trained)
+    (phase,) = method.phases(task1)
+    assert phase.epochs == config.epochs and phase.lr == 0.05

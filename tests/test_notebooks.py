@@ -123,6 +123,13 @@ def test_reproduce_on_a_tiny_fashion_mnist_budget(tmp_path):
     executed = nbformat.read(tmp_path / "reproduce.ipynb", as_version=4)
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the curves and the matrices, shown in the notebook
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                      if o.output_type == "stream")
+    assert "backbone: runs 'resnet8' (finetune, rdfcil) | paper 'resnet32' (finetune, rdfcil)" in printed
+    assert "epochs: runs 2 (finetune, rdfcil) | paper 250 (finetune); 200 (rdfcil)" in printed  # above the table
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    departures = next(i for i, c in enumerate(code) if any("backbone: runs" in o.get("text", "") for o in c.outputs))
+    assert departures < next(i for i, c in enumerate(code) if "viz.reproduction_rows" in c.source)
 
 
 def test_the_ablation_of_notebook_03_resolves():
