@@ -187,7 +187,10 @@ def coerce(key: str, value: Any) -> Any:
     if text.lower() in ("none", "null", "") and key not in ("rkd", "preset", "logger"):  # 'none' is a value of these
         return None
     if key in ("milestones", "class_order") or text.startswith("["):
-        parsed = yaml.safe_load(text)
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise RdfcilError(f"{key} cannot be read from '{value}' (write a list as [1, 2])") from None
         if isinstance(parsed, (int, list)):
             return parsed
     if isinstance(default, bool) or key in ("augment", "compile"):
