@@ -12,4 +12,10 @@ def run(config=None, resume: bool = True, force: bool = False):
     return _run(config, resume=resume, force=force)
 
 
-__all__ = ["Config", "RdfcilError", "resolve", "run", "__version__"]
+def collect(root="runs"):
+    """Every run folder under ``root`` as one pandas DataFrame; see :mod:`rdfcil.runtable`."""
+    from .runtable import collect as _collect
+    return _collect(root)
+
+
+__all__ = ["Config", "RdfcilError", "collect", "resolve", "run", "__version__"]

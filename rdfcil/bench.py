@@ -10,8 +10,6 @@ import csv
 import io
 from pathlib import Path
 
-import numpy as np
-
 from .config import METHODS, resolve
 from .engine import Results, run
 from .io import atomic_write_text, write_json
@@ -26,19 +24,19 @@ def sweep(dataset: str, methods, seeds, out: str | Path, overrides: dict | None 
     return [run(c, force=force) for c in configs]  # all validated before the first run starts
 
 
-def summary_rows(results: list[Results]) -> list[dict]:
-    """One row per method: final and average incremental accuracy, mean and std over seeds."""
-    rows = []
-    for method in dict.fromkeys(r.method for r in results):
-        mine = [r for r in results if r.method == method]
-        final = np.array([r.final_accuracy for r in mine])
-        average = np.array([r.average_incremental_accuracy for r in mine])
-        seconds = np.array([r.wall_seconds_total for r in mine])
-        rows.append({"method": method, "seeds": [r.seed for r in mine],
-                     "final_mean": float(final.mean()), "final_std": float(final.std(ddof=1)) if len(mine) > 1 else 0.0,
-                     "avg_mean": float(average.mean()), "avg_std": float(average.std(ddof=1)) if len(mine) > 1 else 0.0,
-                     "seconds_mean": float(seconds.mean())})
-    return rows
+def summary_rows(results) -> list[dict]:
+    """One row per method: final and average incremental accuracy, mean and std over seeds.
+    ``results``: Results of a sweep, or a table from :func:`rdfcil.collect` (one row per run)."""
+    from .runtable import frame
+    table = results if hasattr(results, "groupby") else frame(results)
+    grouped = table.groupby("method", sort=False)
+    stats = grouped.agg(final_mean=("final_accuracy", "mean"), final_std=("final_accuracy", "std"),
+                        avg_mean=("average_incremental_accuracy", "mean"),
+                        avg_std=("average_incremental_accuracy", "std"), seconds_mean=("seconds_total", "mean"),
+                        seeds=("seed", list)).fillna({"final_std": 0.0, "avg_std": 0.0})
+    return [{"method": method, "seeds": [int(s) for s in r.seeds], "final_mean": float(r.final_mean),
+             "final_std": float(r.final_std), "avg_mean": float(r.avg_mean), "avg_std": float(r.avg_std),
+             "seconds_mean": float(r.seconds_mean)} for method, r in stats.iterrows()]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -67,6 +65,7 @@ def write_tables(rows: list[dict], out: str | Path) -> dict[str, Path]:
 
 def bench_accuracy(dataset: str, seeds, out: str | Path, methods=METHODS, overrides: dict | None = None,
                    force: bool = False) -> tuple[str, dict]:
+    from .runtable import collect
     results = sweep(dataset, methods, seeds, out, overrides, force)
-    rows = summary_rows(results)
+    rows = summary_rows(collect([r.config["out"] for r in results]))  # this sweep's run folders, in order
     return markdown_table(rows), write_tables(rows, out)

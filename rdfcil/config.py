@@ -105,6 +105,8 @@ class Config:
     compile: bool = False  # torch.compile the backbone
     out: str | None = None
     progress: bool = True
+    logger: str = "tensorboard"  # tensorboard: <out>/tb/ (nothing logged if the package is missing) | none
+    log_interval: int = 50  # loss terms and lr to the logger every log_interval steps
     notes: str = ""  # free text, e.g. why a preset departs from the paper
 
     def to_dict(self) -> dict:
@@ -247,10 +249,13 @@ def coerce(key: str, value: Any) -> Any:
     if value is None or not isinstance(value, str):
         return value
     text = value.strip()
-    if text.lower() in ("none", "null", "") and key not in ("rkd", "preset"):  # 'none' is a value of these
+    if text.lower() in ("none", "null", "") and key not in ("rkd", "preset", "logger"):  # 'none' is a value of these
         return None
     if key in ("milestones", "class_order") or text.startswith("["):
-        parsed = yaml.safe_load(text)
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise RdfcilError(f"{key} cannot be read from '{value}' (write a list as [1, 2])") from None
         if isinstance(parsed, (int, list)):
             return parsed
     if isinstance(default, bool) or key in ("augment", "compile"):
@@ -325,7 +330,8 @@ def validate(c: Config) -> None:
     _check(c.head_init_std is None or c.head_init_std > 0,
            f"head_init_std must be positive or none, got {c.head_init_std!r}")
     _check(c.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got '{c.precision}'")
-    for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size"):
+    _check(c.logger in ("tensorboard", "none"), f"logger must be tensorboard or none, got '{c.logger}'")
+    for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size", "log_interval"):
         value = getattr(c, name)
         _check(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
     for name in ("lr", "refine_lr", "inversion_lr"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from . import __version__
 from .config import Config, resolve
@@ -28,9 +29,11 @@ from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_y
 from .methods import Method, Phase, Task, build_method, unused_keys
 from .metrics import accuracy_on, confusion_matrix, forgetting, task_row
 from .nets import model_for
+from .tblog import NullLogger, every, make_logger, synthetic_grid
 
 # Keys that do not change a run's numbers; every other key must match to resume or reuse a run.
-OPERATIONAL_KEYS = {"out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root"}
+OPERATIONAL_KEYS = {"out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root", "logger",
+                    "log_interval"}
 
 
 def pick_device(name: str) -> torch.device:
@@ -93,14 +96,53 @@ class Results:
 # --------------------------------------------------------------------------- progress
 
 def make_progress(enabled: bool):
-    """A factory of tqdm.auto bars (widgets in Jupyter, text in a terminal), or None."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+    """One tqdm.auto bar for the whole run (a widget in JupyterLab, a line in a terminal),
+    reset for each phase, or None. Its description says task, phase and epoch; it is left
+    behind by no phase (``leave=False``), so a notebook run under papermill or nbval saves one
+    line of it, not one per phase."""
+    return RunProgress() if enabled else None
 
-    def factory(total: int, description: str):
-        return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
-    return factory
+
+class RunProgress:
+    """A factory ``progress(total, description) -> bar`` that hands out the same tqdm bar,
+    reset; the bars' ``close()`` keeps it for the next phase, :meth:`close` ends it."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, total: int, description: str):
+        if self.bar is None:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+        else:
+            self.bar.reset(total=total)
+            self.bar.set_description(description, refresh=False)
+            self.bar.set_postfix_str("", refresh=False)
+        return PhaseBar(self.bar)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class PhaseBar:
+    """The run's bar as one phase sees it: ``close()`` leaves it open for the next phase."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def set_postfix(self, **kwargs) -> None:
+        self.bar.set_postfix(**kwargs)
+
+    def set_description(self, description: str) -> None:
+        self.bar.set_description(description, refresh=False)
+
+    def close(self) -> None:
+        self.bar.refresh()
 
 
 class FiniteCheck:
@@ -122,12 +164,22 @@ class FiniteCheck:
 
 # --------------------------------------------------------------------------- training
 
+def phase_steps(phase: Phase, bench: Benchmark, config: Config) -> int:
+    """Optimisation steps of ``phase``: its epochs x full batches per epoch."""
+    return phase.epochs * bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
+
+
 def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator: torch.Generator,
                 task: int, progress, last_checkpoint: str | None,
-                ddp: Distributed | None = None) -> dict[str, list[float]]:
+                ddp: Distributed | None = None, logger: NullLogger | None = None,
+                log_offset: int = 0) -> dict[str, list[float]]:
     """SGD (momentum, weight decay) over ``phase.parameters``; returns per-epoch mean terms.
-    Under ``torchrun`` each process trains on its shard of every batch, gradients averaged."""
+    Under ``torchrun`` each process trains on its shard of every batch, gradients averaged.
+    Every ``config.log_interval`` steps the terms (the floats already taken for the history)
+    and the lr go to ``logger`` as ``train/<phase>/<term>`` at step ``log_offset + step``."""
     ddp = ddp or Distributed()
+    logger = logger or NullLogger()
+    interval = max(config.log_interval, 1)
     optimizer = torch.optim.SGD(phase.parameters, lr=phase.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
@@ -135,10 +187,13 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     check = FiniteCheck(task, phase.name, last_checkpoint)
     autocast = autocast_for(model.device, config.precision)
     steps_per_epoch = bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
-    bar = progress(phase.epochs * steps_per_epoch, f"task {task} {phase.name}") if progress else None
+    description = f"task {task} (of {config.num_tasks}) {phase.name}"
+    bar = progress(phase.epochs * steps_per_epoch, description) if progress else None
     history: dict[str, list[float]] = {}
     step = 0
     for epoch in range(phase.epochs):
+        if bar is not None:
+            bar.set_description(f"{description} epoch {epoch + 1}/{phase.epochs}")
         model.train(phase.train_backbone)
         for module in phase.modules:
             module.train()
@@ -154,20 +209,23 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
             total.backward()
             ddp.average_gradients(phase.parameters)
             optimizer.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            values = {name: float(value.detach()) for name, value in terms.items()}
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value
+            if logger.enabled and step % interval == 0:
+                prefix = f"train/{phase.name}/"
+                logger.scalars({**{prefix + k: v for k, v in values.items()}, prefix + "total": sum(values.values()),
+                                prefix + "lr": schedule.get_last_lr()[0]}, log_offset + step)
             batches += 1
             step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(total):.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}", refresh=False)
+                bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}", refresh=False)
         schedule.step()
         if phase.on_epoch_end is not None:
             phase.on_epoch_end()
         for name, value in sums.items():
             history.setdefault(name, []).append(value / max(batches, 1))
-    if bar is not None:
-        bar.close()
     ddp.broadcast_state(model)  # the same BatchNorm statistics on every process
     model.eval()
     return history
@@ -277,16 +335,34 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
     if start:
         record, history = restore(folder, start, model, method, bench, c)
     progress = make_progress(c.progress and ddp.is_main)
+    logger = make_logger(c.logger, folder, ddp.is_main)
+    try:
+        logger.text("config", "```\n" + yaml.safe_dump(c.to_dict(), sort_keys=False) + "```")
+        record = train_tasks(c, start, model, method, bench, folder, record, history, progress, logger, ddp)
+    finally:
+        logger.close()
+        if progress is not None:
+            progress.close()
+    ddp.barrier()
+    return Results(record)
+
+
+def train_tasks(c: Config, start: int, model, method: Method, bench: Benchmark, folder: Path, record: dict,
+                history: dict, progress, logger: NullLogger, ddp: Distributed) -> dict:
+    """Tasks ``start..T-1``: train, evaluate, log, write the checkpoint and results after each."""
     run_started = time.perf_counter() - sum(sum(t.values()) for t in record["wall_seconds"])
     for t in range(start, c.num_tasks):
         task = Task(t, bench.tasks[t], c.num_tasks)
         last = str(folder / f"task_{t - 1}.pt") if t else None
-        timings, task_history = run_task(model, method, task, bench, c, progress, last, ddp)
+        timings, task_history = run_task(model, method, task, bench, c, progress, last, ddp, logger,
+                                         record.get("train_steps", 0))
+        record["train_steps"] = record.get("train_steps", 0) + task_history.pop("steps")
         record["wall_seconds"].append(timings)
         history["tasks"].append(task_history)
         confusion = task_history.pop("confusion")
         snapshots = task_history.pop("snapshots")
         add_task_metrics(record, confusion, bench, t, task_history["end"])
+        log_task(logger, record, timings, t)
         record["wall_seconds_total"] = time.perf_counter() - run_started
         record["finished"] = t == c.num_tasks - 1
         record["processes"] = ddp.world
@@ -296,14 +372,33 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
                 "record": record, "confusion": torch.as_tensor(confusion), "snapshots": snapshots})
             write_json(folder / "history.json", history)
             write_json(folder / "results.json", record)
-    ddp.barrier()
-    return Results(record)
+    return record
+
+
+def log_task(logger: NullLogger, record: dict, timings: dict, t: int) -> None:
+    """After task ``t``: A_t, average incremental accuracy, old / new accuracy, the accuracy on
+    each task so far, mean forgetting and the phases' wall times; then flush."""
+    if not logger.enabled:
+        return
+    values = {"accuracy/A_t": record["accuracy_per_task"][t],
+              "accuracy/average_incremental": record["average_incremental_accuracy"],
+              "accuracy/new": record["new_accuracy"][t]}
+    if record["old_accuracy"][t] is not None:
+        values["accuracy/old"] = record["old_accuracy"][t]
+    if record["forgetting"]:
+        values["forgetting/mean"] = float(np.mean(record["forgetting"]))
+    values |= {f"accuracy/task_{j}": a for j, a in enumerate(record["accuracy_matrix"][t])}
+    values |= {f"wall_seconds/{name}": seconds for name, seconds in timings.items()}
+    logger.scalars(values, t)
+    logger.flush()
 
 
 def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, progress, last,
-             ddp: Distributed | None = None):
-    """Train, end (freeze / invert) and evaluate one task; returns timings and histories."""
+             ddp: Distributed | None = None, logger: NullLogger | None = None, log_offset: int = 0):
+    """Train, end (freeze / invert) and evaluate one task; returns timings and histories
+    (``task_history["steps"]``: the training steps it took, for the logger's x axis)."""
     ddp = ddp or Distributed()
+    logger = logger or NullLogger()
     timings: dict[str, float] = {}
     task_history: dict = {"phases": {}}
     generator = seed_everything(stage_seed(c.seed, task.index, 0))
@@ -313,10 +408,12 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
         method.replay.shard = ddp.shard
     phases = method.phases(task)
     task_history["snapshots"] = {}
+    steps = 0
     for i, phase in enumerate(phases):
         started = time.perf_counter()
         task_history["phases"][phase.name] = train_phase(model, phase, bench, c, generator, task.index,
-                                                         progress, last, ddp)
+                                                         progress, last, ddp, logger, log_offset + steps)
+        steps += phase_steps(phase, bench, c)
         timings[phase.name] = timings.get(phase.name, 0.0) + time.perf_counter() - started
         if i < len(phases) - 1:  # e.g. after RRL, before refinement: kept for the notebooks
             task_history["snapshots"][phase.name] = {
@@ -330,11 +427,33 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
     if "inversion_history" in info:
         timings["inversion"] = time.perf_counter() - started
         task_history["inversion"] = info.pop("inversion_history")
+        log_inversion(logger, method, task, bench, c, task_history["inversion"], info)
     task_history["end"] = info
+    task_history["steps"] = steps
     started = time.perf_counter()
     task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size, c.precision, ddp)
     timings["eval"] = time.perf_counter() - started
     return timings, task_history
+
+
+def log_inversion(logger: NullLogger, method: Method, task: Task, bench: Benchmark, c: Config,
+                  inversion: dict, info: dict) -> None:
+    """The inversion's loss terms every ``log_interval`` steps (``inversion/<term>``, x axis
+    ``task * inversion_steps + step``), the class coverage of the synthetic labels and a grid
+    of synthetic images drawn in a forked random state (``synthetic/*``, x axis the task)."""
+    if not logger.enabled:
+        return
+    for step, values in every(inversion, c.log_interval, task.index * c.inversion_steps, "inversion/"):
+        logger.scalars(values, step)
+    coverage = info.get("class_coverage") or []
+    if coverage:
+        logger.scalars({"synthetic/classes_covered": float(sum(1 for n in coverage if n > 0)),
+                        "synthetic/least_class_share": min(coverage) / max(sum(coverage), 1)}, task.index)
+        labels = np.repeat(np.arange(len(coverage)), coverage)
+        logger.histogram("synthetic/labels", labels, task.index)
+    grid = synthetic_grid(method.generator, method.old_model, task.seen.stop, bench.test.denormalize,
+                          seed=stage_seed(c.seed, task.index, 2))
+    logger.images("synthetic/images", grid, task.index)
 
 
 def new_record(c: Config, bench: Benchmark) -> dict:

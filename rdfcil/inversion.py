@@ -212,7 +212,7 @@ def train_generator(generator: Generator, old_model: nn.Module, steps: int, batc
             if progress is not None:
                 progress.update(1)
                 if step % 10 == 0 or step == steps - 1:
-                    progress.set_postfix(loss=f"{float(total):.3f}", bn=f"{float(terms['bn_stats']):.3f}")
+                    progress.set_postfix(loss=f"{history['total'][-1]:.3f}", bn=f"{history['bn_stats'][-1]:.3f}")
     generator.eval()
     return history
 

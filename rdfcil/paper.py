@@ -12,6 +12,8 @@ incremental accuracy ``mean(A_1..A_T)``; ``None`` where the paper gives no value
 
 from __future__ import annotations
 
+import yaml
+
 from .errors import RdfcilError
 
 R_DFCIL = "R-DFCIL (Gao et al., ECCV 2022), half-base table"
@@ -63,6 +65,44 @@ def published(dataset: str, method: str, num_tasks: int, first_task_classes: int
         first_task_classes = None
     found = PUBLISHED.get((dataset, first_task_classes, num_tasks, method))
     return dict(found) if found else None
+
+
+# --------------------------------------------------------------------------- notebook parameters
+
+def parse_param(name: str, value, kind: type = list, item: type | None = None):
+    """A list or dict notebook parameter as users pass it, checked.
+
+    ``papermill -p seeds '[0, 1]'`` hands the notebook the string ``"[0, 1]"`` (``-p`` keeps
+    only numbers, booleans and None); ``-y``, ``-f params.yaml`` and Python hand it the list.
+    Both are accepted: a string is read as YAML (JSON is YAML). For ``kind=list`` a single
+    value stands for a list of one (``-p seeds 3``); ``item`` checks the entries' type. None
+    (or the strings ``None``/``null``) stays None. Anything else stops with a one-line
+    :class:`RdfcilError` that names the parameter.
+    """
+    wanted = {list: "a list, e.g. [0, 1]", dict: "a mapping, e.g. {epochs: 2}"}[kind]
+    if isinstance(value, str):
+        text = value.strip()
+        if text in ("None", "none", "null", "~", ""):
+            return None
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = str(err).strip().splitlines()[0]
+            raise RdfcilError(f"parameter {name} must be {wanted}; cannot read {text!r} ({first})") from None
+    if value is None:
+        return None
+    if kind is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        elif not isinstance(value, (list, dict)):
+            value = [value]
+    if not isinstance(value, kind):
+        raise RdfcilError(f"parameter {name} must be {wanted}, got {value!r}")
+    if item is not None and kind is list:
+        bad = [v for v in value if not isinstance(v, item) or isinstance(v, bool) and item is not bool]
+        if bad:
+            raise RdfcilError(f"parameter {name} must be a list of {item.__name__} values, got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- reproduce.ipynb defaults
@@ -120,6 +160,10 @@ def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_cl
     from .config import resolve
     from .data import SPECS, task_sizes
     plan_ = defaults(dataset)
+    methods = parse_param("methods", methods, list, str)
+    task_counts = parse_param("task_counts", task_counts, list, int)
+    seeds = parse_param("seeds", seeds, list, int)
+    overrides = parse_param("overrides", overrides, dict)
     first = plan_["first_task_classes"] if first_task_classes == "default" else first_task_classes
     budget = plan_["overrides"] if overrides is None else dict(overrides)
     if "data_root" in keys:

@@ -645,6 +645,92 @@ def accuracy_curves(results, published=None, title: str | None = None, save=None
     return _finish(fig, save)
 
 
+# --------------------------------------------------------------------------- two or more runs side by side
+
+# Config keys never used to tell runs apart in a label (they do not change the numbers, or are noise).
+_LABEL_SKIP = {"out", "notes", "progress", "logger", "log_interval", "device", "num_workers", "eval_batch_size",
+               "data_root", "path"}
+
+
+def run_labels(configs: Sequence[Mapping]) -> list[str]:
+    """A label per run from the config keys whose values differ between the runs
+    (``R-DFCIL, seed 1``, ``ABD, epochs 40``); the method alone when nothing else differs."""
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c)
+            if k not in _LABEL_SKIP and k != "method" and len({repr(c.get(k)) for c in configs}) > 1]
+    labels = []
+    for c in configs:
+        parts = [METHOD_LABELS.get(c.get("method"), str(c.get("method")))]
+        parts += [f"{k} {c.get(k)}" for k in keys[:3]]
+        labels.append(", ".join(parts))
+    if len(set(labels)) < len(labels):  # still ambiguous: number them
+        labels = [f"{i}: {label}" for i, label in enumerate(labels)]
+    return labels
+
+
+def compare_runs(runs, labels: Sequence[str] | None = None, title: str | None = None, save=None) -> Figure:
+    """Finished (or partly finished) runs side by side, whatever their methods and settings:
+    accuracy on the seen classes after each task, one line per run, then each run's accuracy
+    matrix. ``runs``: run folders, Results, or a table from :func:`rdfcil.collect`;
+    ``labels`` default to the config keys that differ between the runs."""
+    from .runtable import frame, read_run
+    if hasattr(runs, "iterrows"):
+        rows = [r for _, r in runs.iterrows()]
+    else:
+        rows = [read_run(r) if isinstance(r, (str, Path)) else frame([r]).iloc[0] for r in runs]
+    if not rows:
+        raise ValueError("compare_runs needs at least one run")
+    configs = [{k: v for k, v in dict(r).items() if k in _config_keys()} for r in rows]
+    labels = list(labels) if labels is not None else run_labels(configs)
+    n = len(rows)
+    t_max = max(max(len(r["accuracy_per_task"]), 1) for r in rows)
+    side = min(2.3 + 0.12 * t_max, 4.0)
+    with style():
+        fig = new_figure(4.2 + side * n, side + 0.6)
+        grid = fig.add_gridspec(1, n + 1, width_ratios=[1.6] + [1.0] * n)
+        ax = fig.add_subplot(grid[0, 0])
+        for i, (r, label) in enumerate(zip(rows, labels)):
+            acc = list(r["accuracy_per_task"])
+            ax.plot(range(len(acc)), acc, marker="o", ms=3.5, label=label, color=PALETTE[i % len(PALETTE)])
+        ax.set_xlabel("after learning task")
+        ax.set_ylabel("accuracy on seen classes (%)")
+        ax.set_ylim(0, 102)
+        ax.set_xticks(range(t_max) if t_max <= 12 else range(0, t_max, max(1, t_max // 6)))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1 if n > 2 else n)
+        ax.set_title("accuracy after each task")
+        im = None
+        for i, (r, label) in enumerate(zip(rows, labels)):
+            panel = fig.add_subplot(grid[0, i + 1])
+            matrix = [list(row) for row in r["accuracy_matrix"]]
+            if not matrix:
+                panel.set_visible(False)
+                continue
+            im = _matrix_panel(panel, matrix, len(matrix) <= 12)
+            panel.set_title(_wrap_parts(label), color=PALETTE[i % len(PALETTE)])
+            if i:
+                panel.set_ylabel("")
+        if im is not None:
+            fig.colorbar(im, ax=fig.axes[1:], shrink=0.8, label="accuracy (%)")
+        if title:
+            fig.suptitle(title)
+    return _finish(fig, save)
+
+
+def _wrap_parts(label: str, width: int = 28) -> str:
+    """``a, b, c`` on lines of at most ``width`` characters, broken only after a comma."""
+    lines: list[str] = []
+    for part in label.split(", "):
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += ", " + part
+        else:
+            lines.append(part)
+    return ",\n".join(lines)
+
+
+def _config_keys() -> set:
+    from .config import FIELD_NAMES
+    return set(FIELD_NAMES)
+
+
 # --------------------------------------------------------------------------- feature scatter
 
 def embed_2d(features, seed: int = 0, min_points: int = 20) -> tuple[np.ndarray, str]:
@@ -768,22 +854,33 @@ def task_overview(accuracy_matrix, images, image_labels, confusion, features, fe
 
 def reproduction_rows(results, published=None) -> list[dict]:
     """One row per (split, method): final and average incremental accuracy, mean and sample std
-    over seeds (std None for one seed), beside the published numbers where they exist."""
+    over seeds (std None for one seed), beside the published numbers where they exist.
+    ``results``: a table from :func:`rdfcil.collect` (one row per run) or a list of Results."""
+    from .runtable import frame
+    table = results if hasattr(results, "groupby") else frame(results)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    table = table.assign(_order=table["method"].map(lambda m: order.get(m, 99)),
+                         _first=table["base_classes"].astype(object))
+    keys = ["num_tasks", "_first", "num_classes", "_order", "method"]
+    stats = table.groupby(keys, sort=True, dropna=False).agg(
+        dataset=("dataset", "first"), seeds=("seed", list), runs=("seed", "size"),
+        final_mean=("final_accuracy", "mean"), final_std=("final_accuracy", "std"),
+        avg_mean=("average_incremental_accuracy", "mean"), avg_std=("average_incremental_accuracy", "std"),
+        seconds_mean=("seconds_total", "mean"))
     rows = []
-    for (tasks, first, classes), methods in _groups(results).items():
-        for method, runs in methods.items():
-            final = np.array([r["final_accuracy"] for r in runs], dtype=float)
-            avg = np.array([r["average_incremental_accuracy"] for r in runs], dtype=float)
-            paper = published(runs[0]["dataset"], method, tasks, first) if published else None
-            rows.append({
-                "dataset": runs[0]["dataset"], "method": method, "num_tasks": tasks, "first_task_classes": first,
-                "split": split_label(tasks, first, classes), "seeds": [r["seed"] for r in runs],
-                "final_mean": float(final.mean()), "final_std": float(final.std(ddof=1)) if len(runs) > 1 else None,
-                "avg_mean": float(avg.mean()), "avg_std": float(avg.std(ddof=1)) if len(runs) > 1 else None,
-                "paper_last": (paper or {}).get("last"), "paper_last_std": (paper or {}).get("last_std"),
-                "paper_avg": (paper or {}).get("avg"),
-                "seconds_mean": float(np.mean([r.get("wall_seconds_total", np.nan) for r in runs])),
-            })
+    for (tasks, first, classes, _, method), r in stats.iterrows():
+        tasks, classes = int(tasks), int(classes)
+        first = None if first is None or (isinstance(first, float) and math.isnan(first)) else int(first)
+        paper = published(r.dataset, method, tasks, first) if published else None
+        single = r.runs < 2
+        rows.append({
+            "dataset": r.dataset, "method": method, "num_tasks": tasks, "first_task_classes": first,
+            "split": split_label(tasks, first, classes), "seeds": [int(s) for s in r.seeds],
+            "final_mean": float(r.final_mean), "final_std": None if single else float(r.final_std),
+            "avg_mean": float(r.avg_mean), "avg_std": None if single else float(r.avg_std),
+            "paper_last": (paper or {}).get("last"), "paper_last_std": (paper or {}).get("last_std"),
+            "paper_avg": (paper or {}).get("avg"), "seconds_mean": float(r.seconds_mean),
+        })
     return rows
 
 

@@ -138,3 +138,72 @@ def test_the_ablation_of_notebook_03_resolves():
     assert rdfcil.resolve({"rkd": "none"}).rkd == "none"
     assert rdfcil.resolve({"preset": "none"}).preset == "none"
     assert rdfcil.resolve({"out": "none"}).out is None
+
+
+# --------------------------------------------------------------------------- parameters as users pass them
+
+def list_and_dict_parameters(path: Path) -> dict:
+    """The parameters of a notebook that hold lists or dicts: name -> kind."""
+    kinds = {"overrides": dict, "methods": list, "task_counts": list, "seeds": list}
+    return {k: kinds[k] for k in parameters(path) if k in kinds}
+
+
+def test_every_list_and_dict_parameter_is_parsed_in_the_second_cell():
+    for path in NOTEBOOKS:
+        second = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][1].source
+        names = list_and_dict_parameters(path)
+        assert names, path.name
+        for name in names:
+            assert f'paper.parse_param("{name}", {name},' in second, (path.name, name)
+
+
+def test_reproduce_through_the_papermill_command_line_with_string_lists(tmp_path):
+    """The issue's command: -p hands '["finetune", "lwf"]' and '[2]' over as strings. Then the
+    same plan from -f params.yaml and -y reuses the runs and writes the same table."""
+    import subprocess
+    import sys
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    budget = "{epochs: 2, refinement_epochs: 1, milestones: [1], backbone: resnet8}"
+    common = ["-p", "out_dir", str(runs), "-p", "figures_dir", str(figures), "-p", "device", "cpu", "--cwd", str(ROOT)]
+    first = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "reproduce.ipynb"),
+                            str(tmp_path / "p.ipynb"), "-p", "dataset", "digits", "-p", "methods", '["finetune", "lwf"]',
+                            "-p", "task_counts", "[2]", "-p", "seeds", "[0]", "-p", "overrides", budget, *common],
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    table = (figures / "digits" / "reproduction.md").read_text()
+    assert "| Finetune | 2 × 5 | 1 |" in table and "| LwF | 2 × 5 | 1 |" in table
+    executed = nbformat.read(tmp_path / "p.ipynb", as_version=4)
+    cell = next(c for c in executed.cells if c.cell_type == "code" and "rdfcil.run(c) for c in configs" in c.source)
+    assert len(cell.outputs) <= 2  # the progress bar: one output per run, nothing else
+    for output in cell.outputs:
+        assert output.output_type == "display_data" and len(output.data["text/plain"].splitlines()) == 1
+    (tmp_path / "params.yaml").write_text("dataset: digits\nmethods: [finetune, lwf]\ntask_counts: [2]\n"
+                                          f"overrides: {budget}\n")
+    (figures / "digits" / "reproduction.md").unlink()
+    second = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "reproduce.ipynb"),
+                             str(tmp_path / "f.ipynb"), "-f", str(tmp_path / "params.yaml"), "-y", "seeds: [0]",
+                             *common], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (figures / "digits" / "reproduction.md").read_text() == table  # the same runs, reused
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_string_parameters_are_read_and_a_wrong_one_is_named(path, tmp_path):
+    """A dict given as a string is read (the run then stops at the wrong dataset, before any
+    training); a value that is no mapping / no list stops with one line naming the parameter."""
+    out = tmp_path / "runs"
+    base = {"out_dir": str(out), "figures_dir": str(tmp_path)}
+    cases = [({"dataset": "mnist", "overrides": "{epochs: 2, milestones: [1]}"}, "RdfcilError",
+              "unknown dataset 'mnist'; valid datasets: digits, fashion-mnist, cifar100, tiny-imagenet200, imagenet100")]
+    if path.stem == "reproduce":
+        cases.append(({"task_counts": "[2"}, "RdfcilError",
+                      "parameter task_counts must be a list, e.g. [0, 1]; cannot read '[2' (while parsing a flow sequence)"))
+    else:
+        cases.append(({"overrides": "[1, 2]"}, "RdfcilError",
+                      "parameter overrides must be a mapping, e.g. {epochs: 2}, got [1, 2]"))
+    for values, ename, evalue in cases:
+        with pytest.raises(papermill.PapermillExecutionError) as caught:
+            papermill.execute_notebook(str(path), str(tmp_path / path.name), kernel_name="python3", progress_bar=False,
+                                       parameters={**base, **values}, cwd=str(ROOT))
+        assert (caught.value.ename, caught.value.evalue) == (ename, evalue)
+    assert not out.exists()
