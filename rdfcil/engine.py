@@ -24,6 +24,7 @@ from .config import Config, resolve
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed
 from .errors import RdfcilError
+from .lock import folder_lock, rank_zero
 from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
 from .methods import Method, Phase, Task, build_method, unused_keys
 from .metrics import accuracy_on, confusion_matrix, forgetting, task_row
@@ -252,8 +253,14 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
     ``resume``: continue after the last finished task of an existing run folder (its stored
     config must match). A finished run is reused, not retrained, unless ``force``.
     Under ``torchrun`` the processes train data-parallel (see ``distributed.py``).
+    The run folder is locked for the whole run (``lock.py``): one writer per folder.
     """
     c = _as_config(config)
+    with folder_lock(Path(c.out or default_out(c)), enabled=rank_zero()):
+        return _run(c, resume, force)
+
+
+def _run(c: Config, resume: bool, force: bool) -> Results:
     device = pick_device(c.device)
     ddp = Distributed.from_env(c.device)
     device = ddp.device(device)
