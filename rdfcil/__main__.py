@@ -87,7 +87,7 @@ def command_bench_accuracy(args, extra) -> None:
     for m in methods:
         if m not in METHODS:
             raise RdfcilError(f"unknown method '{m}'; valid methods: {', '.join(METHODS)}")
-    table, paths = bench_accuracy(args.dataset, args.seeds, out, methods, overrides, args.force)
+    table, paths = bench_accuracy(args.dataset, args.seeds, out, methods, overrides, args.force, args.jobs)
     print(table)
     print("written: " + ", ".join(str(p) for p in paths.values()))
 
@@ -121,6 +121,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", nargs="+")
     b.add_argument("--out")
     b.add_argument("--force", action="store_true")
+    b.add_argument("--jobs", type=int, help="runs at a time per device, each its own process (default: 1 on "
+                                            "the CPU, 4 per GPU; 0: one after another in this process)")
     s = sub.add_parser("bench-speed", help="throughput of each phase against the bare model and a DataLoader")
     s.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     s.add_argument("--steps", type=int, default=10, help="timed steps per measure")
