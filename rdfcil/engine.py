@@ -24,6 +24,7 @@ from .config import Config, resolve
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed
 from .errors import RdfcilError
+from .graphs import step_function
 from .lock import folder_lock, rank_zero
 from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
 from .methods import Method, Phase, Task, build_method, unused_keys
@@ -138,6 +139,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     steps_per_epoch = bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
     bar = progress(phase.epochs * steps_per_epoch, f"task {task} {phase.name}") if progress else None
     history: dict[str, list[float]] = {}
+    step_loss = step_function(phase.loss, model.device, config.graphs)  # whole-step graphs on CUDA
     step = 0
     for epoch in range(phase.epochs):
         model.train(phase.train_backbone)
@@ -148,7 +150,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
         for x, y in bench.train.batches(phase.classes, config.batch_size, shuffle=True, augment=augment,
                                         generator=generator, drop_last=True):
             with autocast:
-                terms = phase.loss(ddp.shard(x), ddp.shard(y))
+                terms = step_loss(ddp.shard(x), ddp.shard(y))
             total = sum(terms.values())
             check(step, {**terms, "total": total})
             optimizer.zero_grad(set_to_none=True)
