@@ -62,15 +62,18 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def visible_gpus(configs) -> list[int]:
-    """Indices of the GPUs the grid uses: none when CUDA is absent or every run asks for the CPU."""
+def visible_gpus(configs) -> list[str]:
+    """The GPUs the grid uses, as ``CUDA_VISIBLE_DEVICES`` entries (the caller's own list, if it
+    set one); none when CUDA is absent or every run asks for the CPU."""
     import torch
     if not torch.cuda.is_available() or all(c.device == "cpu" for c in configs):
         return []
-    return list(range(torch.cuda.device_count()))
+    count = torch.cuda.device_count()
+    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
 
 
-def default_jobs(gpus: list[int]) -> int:
+def default_jobs(gpus: list) -> int:
     """Runs at a time per device: 4 per GPU (small models leave a GPU mostly idle), 1 on the CPU."""
     return 4 if gpus else 1
 
@@ -151,7 +154,7 @@ class Display:
 
 # --------------------------------------------------------------------------- the local pool
 
-def child_environment(gpu: int | None, threads: int | None) -> dict:
+def child_environment(gpu: str | None, threads: int | None) -> dict:
     env = dict(os.environ)
     env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
     if gpu is not None:

@@ -2,6 +2,7 @@
 without stopping the others, finished runs reused, the submitit path (local executor)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -81,3 +82,17 @@ def test_submitit_local_executor_runs_the_grid_from_run_folders(tmp_path, monkey
     assert (tmp_path / "grid" / ".submitit").is_dir()  # the jobs' logs, beside the run folders
     alone = run(tiny("lwf", 2, tmp_path / "alone"))
     assert outcomes[0].results.accuracy_matrix == alone.accuracy_matrix
+
+
+def test_workers_see_one_gpu_each_from_the_callers_list(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    c = resolve({"dataset": "digits", "device": "auto"})
+    assert sweep.visible_gpus([c]) == ["3", "5"] and sweep.default_jobs(["3", "5"]) == 4
+    assert sweep.visible_gpus([resolve({"dataset": "digits", "device": "cpu"})]) == []
+    env = sweep.child_environment("5", None)
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env.get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert sweep.visible_gpus([c]) == ["0", "1"]
+    assert sweep.child_environment(None, 1)["OMP_NUM_THREADS"] == "1"
