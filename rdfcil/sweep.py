@@ -260,7 +260,10 @@ def submitit_executor(kind: str, folder: Path, partition: str | None, gpus: int,
         executor = submitit.LocalExecutor(folder=str(folder))
         executor.update_parameters(timeout_min=time_minutes, gpus_per_node=gpus)
         return executor
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    except RuntimeError as err:  # no srun here
+        raise RdfcilError(f"executor 'slurm': {err} (executor='local' runs the same jobs on this machine)") from None
     params = {"timeout_min": time_minutes, "gpus_per_node": gpus, "tasks_per_node": 1, "nodes": 1,
               "name": "rdfcil"}
     if partition:

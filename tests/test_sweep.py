@@ -96,3 +96,19 @@ def test_workers_see_one_gpu_each_from_the_callers_list(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert sweep.visible_gpus([c]) == ["0", "1"]
     assert sweep.child_environment(None, 1)["OMP_NUM_THREADS"] == "1"
+
+
+def test_slurm_parameters_and_no_cluster(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RdfcilError, match="executor 'slurm': .*srun"):
+        sweep.submitit_executor("slurm", tmp_path / "logs", "gpu", 1, 8, 60, 18, None)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    executor = sweep.submitit_executor("slurm", tmp_path / "logs", "gpu", 1, 8, 60, 18, {"slurm_account": "lab"})
+    params = executor._executor.parameters
+    assert params["partition"] == "gpu" and params["gpus_per_node"] == 1 and params["cpus_per_task"] == 8
+    assert params["time"] == 60 and params["array_parallelism"] == 18 and params["account"] == "lab"
