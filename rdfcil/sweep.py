@@ -130,7 +130,7 @@ class Display:
     """One line for the whole grid: done / running / failed, and each running run's task."""
 
     def __init__(self, total: int, enabled: bool):
-        self.bar = None
+        self.bar, self.shown, self.at = None, None, 0.0
         if enabled:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
@@ -138,10 +138,13 @@ class Display:
     def update(self, outcomes: dict, running: dict[int, Config], failed: int) -> None:
         if self.bar is None:
             return
-        self.bar.n = len(outcomes)
         tasks = ", ".join(f"{Path(c.out).name} {task_of(c)}" for c in running.values())
-        self.bar.set_postfix_str(f"running {len(running)}, failed {failed}" + (f" | {tasks}" if tasks else ""),
-                                 refresh=True)
+        line = f"running {len(running)}, failed {failed}" + (f" | {tasks}" if tasks else "")
+        if (len(outcomes), line) == self.shown and time.time() - self.at < 10:
+            return  # redrawn when something changed, else every 10 s (the elapsed time)
+        self.shown, self.at = (len(outcomes), line), time.time()
+        self.bar.n = len(outcomes)
+        self.bar.set_postfix_str(line, refresh=True)
 
     def say(self, line: str) -> None:
         if self.bar is not None:
