@@ -87,14 +87,14 @@ def command_bench_accuracy(args, extra) -> None:
     for m in methods:
         if m not in METHODS:
             raise RdfcilError(f"unknown method '{m}'; valid methods: {', '.join(METHODS)}")
-    table, paths = bench_accuracy(args.dataset, args.seeds, out, methods, overrides, args.force)
+    table, paths = bench_accuracy(args.dataset, args.seeds, out, methods, overrides, args.force, args.jobs)
     print(table)
     print("written: " + ", ".join(str(p) for p in paths.values()))
 
 
 def command_bench_speed(args, extra) -> None:
     from .speed import bench_speed
-    bench_speed(args.dataset, split_overrides(extra), args.out, args.steps, args.workers)
+    bench_speed(args.dataset, split_overrides(extra), args.out, args.steps, args.workers, args.jobs)
 
 
 def command_check(args, extra) -> int:
@@ -121,11 +121,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", nargs="+")
     b.add_argument("--out")
     b.add_argument("--force", action="store_true")
+    b.add_argument("--jobs", type=int, help="runs at a time per device, each its own process (default: 1 on "
+                                            "the CPU, 4 per GPU; 0: one after another in this process)")
     s = sub.add_parser("bench-speed", help="throughput of each phase against the bare model and a DataLoader")
     s.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     s.add_argument("--steps", type=int, default=10, help="timed steps per measure")
     s.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     s.add_argument("--out")
+    s.add_argument("--jobs", type=int, help="runs at a time for the projected whole table (default: 1 on the "
+                                            "CPU, 4 per GPU)")
     c = sub.add_parser("check", help="every method, resume, bench-speed and the reproduce notebook on a device, "
                                      "on stand-in data; one pass/fail table")
     c.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")

@@ -16,12 +16,16 @@ from .io import atomic_write_text, write_json
 
 
 def sweep(dataset: str, methods, seeds, out: str | Path, overrides: dict | None = None,
-          force: bool = False) -> list[Results]:
-    """Run (or reuse) each method with each seed; returns every run's results."""
+          force: bool = False, jobs: int | None = None) -> list[Results]:
+    """Run (or reuse) each method with each seed; returns every run's results. ``jobs``: runs
+    at a time per device as separate processes (``rdfcil.sweep``); 0: one after another here."""
     out = Path(out)
     configs = [resolve({**(overrides or {}), "dataset": dataset, "method": m, "seed": s,
                         "out": str(out / f"{m}-seed{s}")}) for m in methods for s in seeds]
-    return [run(c, force=force) for c in configs]  # all validated before the first run starts
+    if jobs == 0:
+        return [run(c, force=force) for c in configs]  # all validated before the first run starts
+    from .sweep import run_all
+    return run_all(configs, jobs=jobs, force=force)
 
 
 def summary_rows(results) -> list[dict]:
@@ -64,8 +68,8 @@ def write_tables(rows: list[dict], out: str | Path) -> dict[str, Path]:
 
 
 def bench_accuracy(dataset: str, seeds, out: str | Path, methods=METHODS, overrides: dict | None = None,
-                   force: bool = False) -> tuple[str, dict]:
+                   force: bool = False, jobs: int | None = None) -> tuple[str, dict]:
     from .runtable import collect
-    results = sweep(dataset, methods, seeds, out, overrides, force)
+    results = sweep(dataset, methods, seeds, out, overrides, force, jobs)
     rows = summary_rows(collect([r.config["out"] for r in results]))  # this sweep's run folders, in order
     return markdown_table(rows), write_tables(rows, out)

@@ -103,6 +103,7 @@ class Config:
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA and CPU)
     compile: bool = False  # torch.compile the backbone
+    graphs: bool = False  # each phase's step in torch.compile(mode="reduce-overhead") on CUDA (graphs.py)
     out: str | None = None
     progress: bool = True
     logger: str = "tensorboard"  # tensorboard: <out>/tb/ (nothing logged if the package is missing) | none

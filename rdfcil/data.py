@@ -3,7 +3,9 @@
 * A dataset is a :class:`DatasetSpec` (shape, normalisation, augmentation) plus a loader.
 * Small datasets (digits, fashion-mnist, cifar100) are uint8 tensors moved to the device once
   and batched by slicing a device-side permutation, augmented on the device (airbench style).
-* Folder datasets (tiny-imagenet200, imagenet100) stream through a DataLoader with workers.
+* Tiny-ImageNet-200 is decoded once into a uint8 cache beside the data (``imagecache.py``) and
+  then kept on the device like CIFAR; ImageNet-100 streams through a DataLoader with persistent
+  workers and pinned memory.
 * :func:`split_tasks` is a pure function: (labels, class order, tasks, first-task size) ->
   labels remapped to the order and the label range of each task. No dataset is mutated to
   change task; a task is a set of remapped labels.
@@ -47,7 +49,7 @@ SPECS = {
     "cifar100": DatasetSpec("cifar100", 32, 3, 100, (0.5071, 0.4867, 0.4408),
                             (0.2675, 0.2565, 0.2761), 4, True, True),
     "tiny-imagenet200": DatasetSpec("tiny-imagenet200", 64, 3, 200, (0.4803, 0.4481, 0.3976),
-                                    (0.2764, 0.2688, 0.2816), 4, True, False),
+                                    (0.2764, 0.2688, 0.2816), 4, True, True),  # JPEGs cached as uint8
     "imagenet100": DatasetSpec("imagenet100", 224, 3, 100, (0.485, 0.456, 0.406),
                                (0.229, 0.224, 0.225), 4, True, False),
 }
@@ -273,12 +275,16 @@ class FolderImages(LabelledImages):
 
     def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator:
-        subset = _FileDataset([self.paths[i] for i in self.indices(classes).tolist()],
-                              self.labels[self.indices(classes)], self.transform(augment))
-        loader = torch.utils.data.DataLoader(
-            subset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(subset) > batch_size,
-            num_workers=self.num_workers, generator=generator, pin_memory=self.device.type == "cuda",
-            persistent_workers=False)
+        key = (classes.start, classes.stop, batch_size, shuffle, augment, drop_last, id(generator))
+        if getattr(self, "_loader_key", None) != key:  # one loader per phase: its workers persist across epochs
+            subset = _FileDataset([self.paths[i] for i in self.indices(classes).tolist()],
+                                  self.labels[self.indices(classes)], self.transform(augment))
+            self._loader = torch.utils.data.DataLoader(
+                subset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(subset) > batch_size,
+                num_workers=self.num_workers, generator=generator, pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0)
+            self._loader_key = key
+        loader = self._loader
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
             on_device = augment and not self.random_resized(augment)
@@ -608,9 +614,11 @@ def load_benchmark(config, device) -> Benchmark:
     order = class_order(config.dataset, spec.num_classes, config.class_order)
     task_sizes(spec.num_classes, config.num_tasks, config.first_task_classes)  # validate first
     if spec.in_memory:
+        from .imagecache import tiny_imagenet_arrays
         loader = {"digits": lambda: load_digits_arrays(),
                   "fashion-mnist": lambda: load_fashion_mnist_arrays(root),
-                  "cifar100": lambda: load_cifar100_arrays(root)}[config.dataset]
+                  "cifar100": lambda: load_cifar100_arrays(root),
+                  "tiny-imagenet200": lambda: tiny_imagenet_arrays(root, config.num_workers)}[config.dataset]
         x_tr, y_tr, x_te, y_te = loader()
         if config.train_per_class:
             keep = subsample_per_class(y_tr, config.train_per_class)
@@ -619,8 +627,7 @@ def load_benchmark(config, device) -> Benchmark:
         y_te, _ = split_tasks(y_te, order, config.num_tasks, config.first_task_classes)
         return _with_augmentation(Benchmark(spec, TensorImages(x_tr, y_tr, spec, device),
                                             TensorImages(x_te, y_te, spec, device), order, tasks), config)
-    lists = load_tiny_imagenet_lists(root) if config.dataset == "tiny-imagenet200" else load_imagenet100_lists(root)
-    p_tr, y_tr, p_te, y_te = lists
+    p_tr, y_tr, p_te, y_te = load_imagenet100_lists(root)
     if config.train_per_class:
         keep = subsample_per_class(y_tr, config.train_per_class)
         p_tr, y_tr = [p_tr[i] for i in keep.tolist()], y_tr[keep]

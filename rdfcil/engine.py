@@ -25,6 +25,8 @@ from .config import Config, resolve
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed
 from .errors import RdfcilError
+from .graphs import step_function
+from .lock import folder_lock, rank_zero
 from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
 from .methods import Method, Phase, Task, build_method, unused_keys
 from .metrics import accuracy_on, confusion_matrix, forgetting, task_row
@@ -190,6 +192,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     description = f"task {task} (of {config.num_tasks}) {phase.name}"
     bar = progress(phase.epochs * steps_per_epoch, description) if progress else None
     history: dict[str, list[float]] = {}
+    step_loss = step_function(phase.loss, model.device, config.graphs)  # whole-step graphs on CUDA
     step = 0
     for epoch in range(phase.epochs):
         if bar is not None:
@@ -202,7 +205,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
         for x, y in bench.train.batches(phase.classes, config.batch_size, shuffle=True, augment=augment,
                                         generator=generator, drop_last=True):
             with autocast:
-                terms = phase.loss(ddp.shard(x), ddp.shard(y))
+                terms = step_loss(ddp.shard(x), ddp.shard(y))
             total = sum(terms.values())
             check(step, {**terms, "total": total})
             optimizer.zero_grad(set_to_none=True)
@@ -310,8 +313,14 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
     ``resume``: continue after the last finished task of an existing run folder (its stored
     config must match). A finished run is reused, not retrained, unless ``force``.
     Under ``torchrun`` the processes train data-parallel (see ``distributed.py``).
+    The run folder is locked for the whole run (``lock.py``): one writer per folder.
     """
     c = _as_config(config)
+    with folder_lock(Path(c.out or default_out(c)), enabled=rank_zero()):
+        return _run(c, resume, force)
+
+
+def _run(c: Config, resume: bool, force: bool) -> Results:
     device = pick_device(c.device)
     ddp = Distributed.from_env(c.device)
     device = ddp.device(device)

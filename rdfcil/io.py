@@ -20,12 +20,18 @@ from .errors import RdfcilError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write_with(path, lambda handle: handle.write(data))
+
+
+def atomic_write_with(path: str | Path, write) -> None:
+    """``write(handle)`` into a temporary file beside ``path``, fsync, rename over ``path``
+    (streams large files, e.g. ``np.save``, without a copy in memory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -268,13 +268,18 @@ def table(m: dict) -> str:
     return head + "\n".join(f"| {a} | {t} | {s} | {r} |" for a, t, s, r in rows) + "\n"
 
 
-def bench_speed(dataset: str, overrides: dict, out: str | None, steps: int = 10, workers: int = 2) -> dict:
+def bench_speed(dataset: str, overrides: dict, out: str | None, steps: int = 10, workers: int = 2,
+                jobs: int | None = None) -> dict:
     overrides = {"preset": "quick" if dataset in ("digits", "fashion-mnist") else "paper", **overrides,
                  "dataset": dataset, "method": "rdfcil", "progress": False}
     overrides.setdefault("num_tasks", 5 if dataset in ("digits", "fashion-mnist") else 10)
     config = resolve(overrides)
     result = measure(config, steps, workers)
     text = table(result)
+    from . import projection  # the paper's protocol and whole table at ``jobs`` (default as in sweep)
+    jobs = jobs or (4 * max(1, torch.cuda.device_count()) if result["device"].startswith("cuda") else 1)
+    result["projection"] = projection.project(result, dataset, jobs)
+    text += "\n" + projection.text(result["projection"], result["device"])
     print(text)
     folder = Path(out or f"runs/bench-speed/{dataset}-{config.precision}")
     write_json(folder / "speed.json", result)

@@ -1,0 +1,363 @@
+"""A grid of runs executed as separate processes: a local pool, or SLURM through submitit.
+
+``run_all(configs, jobs=...)`` runs every config as its own ``python -m rdfcil run`` process,
+``jobs`` at a time per device (default: 1 on the CPU, 4 per GPU), spread over every visible GPU
+(one ``CUDA_VISIBLE_DEVICES`` per worker; on the CPU each worker gets
+``OMP_NUM_THREADS = cores // jobs``). The parent only schedules and collects: each child owns its
+run folder under the folder's lock (``lock.py``) and seeds itself from its config, so the numbers
+are those of the same runs made one at a time with the same thread count. A finished run folder
+whose config matches is reused without starting a process. A failed run is reported with its
+one-line error (``error: ...`` on the child's stderr) and the others go on; ``run_all`` raises one
+``RdfcilError`` naming the failures once every run has ended (``execute`` returns them instead).
+
+``executor="slurm"`` submits one SLURM job per run through ``submitit`` (``pip install
+rdfcil[slurm]``; ``partition``, ``gpus``, ``cpus``, ``time`` in minutes, ``slurm`` for any further
+``slurm_*`` parameter), ``executor="local"`` the same jobs through ``submitit.LocalExecutor`` (the
+cluster path, tested without a cluster). Results are read back from the run folders.
+
+The progress display (``tqdm.auto``: text in a terminal, a widget in Jupyter) shows the whole
+grid: runs done / running / failed, and the task each running run is on (from the length of its
+``results.json`` ``accuracy_per_task``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, resolve
+from .engine import Results, config_differences, default_out
+from .errors import RdfcilError
+from .io import read_json, write_yaml
+
+EXECUTORS = ("pool", "local", "slurm")
+
+
+@dataclass
+class Outcome:
+    """How one run of a sweep ended: its results, or its one-line error."""
+    config: Config
+    results: Results | None = None
+    error: str | None = None
+    reused: bool = False
+
+    @property
+    def name(self) -> str:
+        return Path(self.config.out).name
+
+
+# --------------------------------------------------------------------------- helpers
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def visible_gpus(configs) -> list[str]:
+    """The GPUs the grid uses, as ``CUDA_VISIBLE_DEVICES`` entries (the caller's own list, if it
+    set one); none when CUDA is absent or every run asks for the CPU."""
+    import torch
+    if not torch.cuda.is_available() or all(c.device == "cpu" for c in configs):
+        return []
+    count = torch.cuda.device_count()
+    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def default_jobs(gpus: list) -> int:
+    """Runs at a time per device: 4 per GPU (small models leave a GPU mostly idle), 1 on the CPU."""
+    return 4 if gpus else 1
+
+
+def checked(configs) -> list[Config]:
+    """Validated configs with their run folders set; two runs may not share a folder."""
+    out = []
+    for c in configs:
+        c = resolve(c) if isinstance(c, dict) else c
+        if not c.out:
+            c.out = default_out(c)
+        out.append(c)
+    seen: dict[str, int] = {}
+    for i, c in enumerate(out):
+        key = str(Path(c.out).absolute())
+        if key in seen:
+            raise RdfcilError(f"runs {seen[key]} and {i} of the sweep share the run folder '{c.out}'; give each its own out")
+        seen[key] = i
+    return out
+
+
+def finished(c: Config) -> Results | None:
+    """The results of a finished run folder holding this config, else None."""
+    folder = Path(c.out)
+    try:
+        stored = read_json(folder / "results.json")
+        from .config import read_yaml
+        same = not config_differences(read_yaml(folder / "config.yaml"), c.to_dict() | {"out": c.out})
+    except RdfcilError:
+        return None
+    return Results(stored) if stored.get("finished") and same else None
+
+
+def task_of(c: Config) -> str:
+    """'task k/T' of a running run: the task after its last one in results.json."""
+    try:
+        done = len(read_json(Path(c.out) / "results.json").get("accuracy_per_task", []))
+    except RdfcilError:
+        done = 0
+    return f"task {min(done + 1, c.num_tasks)}/{c.num_tasks}"
+
+
+def error_line(stderr: str, returncode: int) -> str:
+    """The child's ``error: ...`` line, else its last line, with the exit status."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    last = lines[-1] if lines else "no output"
+    return f"exit status {returncode}: {last[:300]}"
+
+
+class Display:
+    """One line for the whole grid: done / running / failed, and each running run's task."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar, self.shown, self.at = None, None, 0.0
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
+
+    def update(self, outcomes: dict, running: dict[int, Config], failed: int) -> None:
+        if self.bar is None:
+            return
+        tasks = ", ".join(f"{Path(c.out).name} {task_of(c)}" for c in running.values())
+        line = f"running {len(running)}, failed {failed}" + (f" | {tasks}" if tasks else "")
+        if (len(outcomes), line) == self.shown and time.time() - self.at < 10:
+            return  # redrawn when something changed, else every 10 s (the elapsed time)
+        self.shown, self.at = (len(outcomes), line), time.time()
+        self.bar.n = len(outcomes)
+        self.bar.set_postfix_str(line, refresh=True)
+
+    def say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- the local pool
+
+def child_environment(gpu: str | None, threads: int | None) -> dict:
+    env = dict(os.environ)
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_pool(configs: list[Config], jobs: int | None = None, force: bool = False, progress: bool = True,
+             poll: float = 0.5) -> list[Outcome]:
+    """Every config as a ``python -m rdfcil run`` process, ``jobs`` at a time per device."""
+    gpus = visible_gpus(configs)
+    jobs = jobs or default_jobs(gpus)
+    if jobs < 1:
+        raise RdfcilError(f"jobs must be a positive integer, got {jobs!r}")
+    slots = [g for g in gpus for _ in range(jobs)] if gpus else [None] * jobs
+    threads = None if gpus else max(1, cpu_count() // jobs)
+    if threads and os.environ.get("OMP_NUM_THREADS", "").isdigit():  # never more than the caller allows
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+    outcomes: dict[int, Outcome] = {}
+    pending = deque()
+    for i, c in enumerate(configs):
+        reused = None if force else finished(c)
+        if reused is not None:
+            outcomes[i] = Outcome(c, reused, reused=True)
+        else:
+            pending.append(i)
+    running: dict[int, tuple] = {}
+    display = Display(len(configs), progress)
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="rdfcil-sweep-") as tmp:
+        try:
+            while pending or running:
+                while pending and slots:
+                    i = pending.popleft()
+                    slot = slots.pop(0)
+                    c = configs[i]
+                    values = c.to_dict() | {"progress": False}
+                    if slot is not None and str(c.device).startswith("cuda:"):
+                        values["device"] = "cuda"  # the one GPU this worker sees
+                    write_yaml(Path(tmp) / f"{i}.yaml", values)
+                    stderr = open(Path(tmp) / f"{i}.err", "w+")
+                    command = [sys.executable, "-m", "rdfcil", "run", "--config", str(Path(tmp) / f"{i}.yaml")]
+                    if force:
+                        command.append("--force")
+                    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                               env=child_environment(slot, threads))
+                    running[i] = (process, slot, stderr)
+                display.update(outcomes, {i: configs[i] for i in running}, failed)
+                time.sleep(poll)
+                for i, (process, slot, stderr) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    del running[i]
+                    slots.append(slot)
+                    stderr.seek(0)
+                    text = stderr.read()
+                    stderr.close()
+                    if process.returncode == 0:
+                        outcomes[i] = Outcome(configs[i], Results.load(configs[i].out))
+                    else:
+                        failed += 1
+                        outcomes[i] = Outcome(configs[i], error=error_line(text, process.returncode))
+                        display.say(f"failed: {configs[i].out}: {outcomes[i].error}")
+            display.update(outcomes, {}, failed)
+        finally:
+            stop(running)
+            display.close()
+    return [outcomes[i] for i in range(len(configs))]
+
+
+def stop(running: dict) -> None:
+    """Interrupted: SIGINT to every child (each saves its finished tasks), then wait."""
+    for process, _, _ in running.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process, _, stderr in running.values():
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        stderr.close()
+
+
+# --------------------------------------------------------------------------- submitit (SLURM)
+
+def run_one(values: dict, force: bool = False) -> str:
+    """What one submitted job runs: the run of ``values`` (a config dict); returns its folder."""
+    from .engine import run
+    run(Config(**values), force=force)
+    return values["out"]
+
+
+def submitit_executor(kind: str, folder: Path, partition: str | None, gpus: int, cpus: int | None,
+                      time_minutes: int, parallel: int | None, slurm: dict | None):
+    try:
+        import submitit
+    except ImportError:
+        raise RdfcilError("executor 'slurm' needs submitit: pip install 'rdfcil[slurm]' (or pip install submitit)") from None
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=str(folder))
+        executor.update_parameters(timeout_min=time_minutes, gpus_per_node=gpus)
+        return executor
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    except RuntimeError as err:  # no srun here
+        raise RdfcilError(f"executor 'slurm': {err} (executor='local' runs the same jobs on this machine)") from None
+    params = {"timeout_min": time_minutes, "gpus_per_node": gpus, "tasks_per_node": 1, "nodes": 1,
+              "name": "rdfcil"}
+    if partition:
+        params["slurm_partition"] = partition
+    if cpus:
+        params["cpus_per_task"] = cpus
+    if parallel:
+        params["slurm_array_parallelism"] = parallel
+    params.update(slurm or {})
+    executor.update_parameters(**params)
+    return executor
+
+
+def run_submitit(configs: list[Config], kind: str = "slurm", force: bool = False, progress: bool = True,
+                 partition: str | None = None, gpus: int = 1, cpus: int | None = None, time: int = 24 * 60,
+                 jobs: int | None = None, log_dir: str | Path | None = None, slurm: dict | None = None,
+                 poll: float = 5.0) -> list[Outcome]:
+    """One submitit job per run not already finished; waits, then reads the run folders."""
+    import time as clock
+    outcomes: dict[int, Outcome] = {}
+    todo = []
+    for i, c in enumerate(configs):
+        reused = None if force else finished(c)
+        if reused is not None:
+            outcomes[i] = Outcome(c, reused, reused=True)
+        else:
+            todo.append(i)
+    log_dir = Path(log_dir or Path(configs[0].out).absolute().parent / ".submitit") if configs else Path(".")
+    jobs_of: dict[int, object] = {}
+    if todo:
+        executor = submitit_executor(kind, log_dir, partition, gpus, cpus, time, jobs, slurm)
+        with executor.batch():
+            submitted = [executor.submit(run_one, configs[i].to_dict() | {"progress": False}, force) for i in todo]
+        jobs_of = dict(zip(todo, submitted))
+    display = Display(len(configs), progress)
+    failed = 0
+    try:
+        while True:
+            for i, job in list(jobs_of.items()):
+                if i in outcomes or not job.done():
+                    continue
+                try:
+                    job.result()
+                    outcomes[i] = Outcome(configs[i], Results.load(configs[i].out))
+                except Exception as err:  # submitit wraps the job's exception with its log
+                    failed += 1
+                    outcomes[i] = Outcome(configs[i], error=job_error(err))
+                    display.say(f"failed: {configs[i].out}: {outcomes[i].error} (job {job.job_id})")
+            running = {i: configs[i] for i in jobs_of if i not in outcomes}
+            display.update(outcomes, running, failed)
+            if not running:
+                break
+            clock.sleep(poll)
+    finally:
+        display.close()
+    return [outcomes[i] for i in range(len(configs))]
+
+
+def job_error(err: Exception) -> str:
+    """The one line of a failed job: its RdfcilError message where there is one."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "RdfcilError: " in line:
+            return line.split("RdfcilError: ", 1)[1]
+    if isinstance(err, RdfcilError):
+        return str(err)
+    return f"{type(err).__name__}: {lines[-1][:300] if lines else ''}"
+
+
+# --------------------------------------------------------------------------- entry points
+
+def execute(configs, jobs: int | None = None, executor: str = "pool", force: bool = False, progress: bool = True,
+            **cluster) -> list[Outcome]:
+    """Run every config (see the module docstring); one ``Outcome`` per config, in order."""
+    if executor not in EXECUTORS:
+        raise RdfcilError(f"unknown executor '{executor}'; valid: {', '.join(EXECUTORS)}")
+    configs = checked(configs)
+    if executor == "pool":
+        if cluster:
+            raise RdfcilError(f"{', '.join(cluster)} apply to executor 'slurm' or 'local', not 'pool'")
+        return run_pool(configs, jobs, force, progress)
+    return run_submitit(configs, executor, force, progress, jobs=jobs, **cluster)
+
+
+def run_all(configs, jobs: int | None = None, executor: str = "pool", force: bool = False, progress: bool = True,
+            **cluster) -> list[Results]:
+    """Every run's Results, in order; one ``RdfcilError`` naming the failed runs (after all ended)."""
+    outcomes = execute(configs, jobs, executor, force, progress, **cluster)
+    bad = [o for o in outcomes if o.error is not None]
+    if bad:
+        raise RdfcilError(f"{len(bad)} of {len(outcomes)} runs failed: "
+                          + "; ".join(f"{o.config.out}: {o.error}" for o in bad))
+    return [o.results for o in outcomes]
+
