@@ -157,7 +157,7 @@ def test_pyproject_and_environment_list_the_same_packages():
     assert {conda_to_pip.get(n, n) for n in names} == set(deps)
     assert {"torch", "torchvision", "numpy", "scikit-learn", "matplotlib", "seaborn", "umap-learn",
             "ipywidgets", "jupyterlab", "papermill", "tqdm", "pyyaml", "pandas", "tensorboard", "filelock",
-            "pytest", "nbval"} == set(deps)
+            "pytest", "nbval", "submitit"} == set(deps)
 
 
 def test_config_round_trips_through_a_dict():
