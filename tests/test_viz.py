@@ -213,7 +213,7 @@ def test_plan_defaults_and_validation(tmp_path):
     assert configs[2].out == str(tmp_path / "digits" / "rdfcil-5tasks-seed0")
     cifar = paper.plan("cifar100", out_dir=tmp_path)
     assert [(c.method, c.num_tasks, c.first_task_classes, c.seed, c.epochs) for c in cifar[:2]] == \
-        [("abd", 6, 50, 1, 200), ("rdfcil", 6, 50, 1, 200)]
+        [("abd", 6, 50, 1, 250), ("rdfcil", 6, 50, 1, 200)]  # ABD: its scripts' 250 epochs
     assert len(cifar) == 6 and cifar[-1].out.endswith("cifar100/rdfcil-50+26tasks-seed1")
     equal = paper.plan("cifar100", methods=["lwf"], task_counts=[10], first_task_classes=None, out_dir=tmp_path)
     assert equal[0].first_task_classes is None
