@@ -31,6 +31,7 @@ from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_y
 from .methods import Method, Phase, Task, build_method, unused_keys
 from .metrics import accuracy_on, confusion_matrix, forgetting, task_row
 from .nets import model_for
+from .progress import RunProgress
 from .tblog import NullLogger, every, make_logger, synthetic_grid
 
 # Keys that do not change a run's numbers; every other key must match to resume or reuse a run.
@@ -98,53 +99,8 @@ class Results:
 # --------------------------------------------------------------------------- progress
 
 def make_progress(enabled: bool):
-    """One tqdm.auto bar for the whole run (a widget in JupyterLab, a line in a terminal),
-    reset for each phase, or None. Its description says task, phase and epoch; it is left
-    behind by no phase (``leave=False``), so a notebook run under papermill or nbval saves one
-    line of it, not one per phase."""
+    """One bar for the whole run, reset for each phase (:class:`progress.RunProgress`), or None."""
     return RunProgress() if enabled else None
-
-
-class RunProgress:
-    """A factory ``progress(total, description) -> bar`` that hands out the same tqdm bar,
-    reset; the bars' ``close()`` keeps it for the next phase, :meth:`close` ends it."""
-
-    def __init__(self):
-        self.bar = None
-
-    def __call__(self, total: int, description: str):
-        if self.bar is None:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
-        else:
-            self.bar.reset(total=total)
-            self.bar.set_description(description, refresh=False)
-            self.bar.set_postfix_str("", refresh=False)
-        return PhaseBar(self.bar)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-class PhaseBar:
-    """The run's bar as one phase sees it: ``close()`` leaves it open for the next phase."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-
-    def set_postfix(self, **kwargs) -> None:
-        self.bar.set_postfix(**kwargs)
-
-    def set_description(self, description: str) -> None:
-        self.bar.set_description(description, refresh=False)
-
-    def close(self) -> None:
-        self.bar.refresh()
 
 
 class FiniteCheck:

@@ -15,7 +15,8 @@ rdfcil[slurm]``; ``partition``, ``gpus``, ``cpus``, ``time`` in minutes, ``slurm
 ``slurm_*`` parameter), ``executor="local"`` the same jobs through ``submitit.LocalExecutor`` (the
 cluster path, tested without a cluster). Results are read back from the run folders.
 
-The progress display (``tqdm.auto``: text in a terminal, a widget in Jupyter) shows the whole
+The progress display (:mod:`rdfcil.progress`: text in a terminal, a widget in JupyterLab, one
+line in a notebook run by papermill or nbval) shows the whole
 grid: runs done / running / failed, and the task each running run is on (from the length of its
 ``results.json`` ``accuracy_per_task``).
 """
@@ -36,6 +37,7 @@ from .config import Config, resolve
 from .engine import Results, config_differences, default_out
 from .errors import RdfcilError
 from .io import read_json, write_yaml
+from .progress import make_bar
 
 EXECUTORS = ("pool", "local", "slurm")
 
@@ -132,8 +134,7 @@ class Display:
     def __init__(self, total: int, enabled: bool):
         self.bar, self.shown, self.at = None, None, 0.0
         if enabled:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
+            self.bar = make_bar(total, "sweep", unit="run", leave=True)
 
     def update(self, outcomes: dict, running: dict[int, Config], failed: int) -> None:
         if self.bar is None:

@@ -127,6 +127,10 @@ def test_reproduce_on_a_tiny_fashion_mnist_budget(tmp_path):
                       if o.output_type == "stream")
     assert "backbone: runs 'resnet8' (finetune, rdfcil) | paper 'resnet32' (finetune, rdfcil)" in printed
     assert "epochs: runs 2 (finetune, rdfcil) | paper 250 (finetune); 200 (rdfcil)" in printed  # above the table
+    assert printed.count("trained ") == 2 and "phases in " in printed  # a run's progress: one line where nobody watches
+    assert "widgets" not in executed.metadata  # no widget state saved with the notebook
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     code = [c for c in executed.cells if c.cell_type == "code"]
     departures = next(i for i, c in enumerate(code) if any("backbone: runs" in o.get("text", "") for o in c.outputs))
     assert departures < next(i for i, c in enumerate(code) if "viz.reproduction_rows" in c.source)
