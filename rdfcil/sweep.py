@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, resolve
-from .engine import Results, config_differences, default_out
+from .runs import Results, default_out, finished_results
 from .errors import RdfcilError
 from .io import read_json, write_yaml
 from .progress import make_bar
@@ -95,18 +95,6 @@ def checked(configs) -> list[Config]:
             raise RdfcilError(f"runs {seen[key]} and {i} of the sweep share the run folder '{c.out}'; give each its own out")
         seen[key] = i
     return out
-
-
-def finished(c: Config) -> Results | None:
-    """The results of a finished run folder holding this config, else None."""
-    folder = Path(c.out)
-    try:
-        stored = read_json(folder / "results.json")
-        from .config import read_yaml
-        same = not config_differences(read_yaml(folder / "config.yaml"), c.to_dict() | {"out": c.out})
-    except RdfcilError:
-        return None
-    return Results(stored) if stored.get("finished") and same else None
 
 
 def task_of(c: Config) -> str:
@@ -182,7 +170,7 @@ def run_pool(configs: list[Config], jobs: int | None = None, force: bool = False
     outcomes: dict[int, Outcome] = {}
     pending = deque()
     for i, c in enumerate(configs):
-        reused = None if force else finished(c)
+        reused = None if force else finished_results(c)
         if reused is not None:
             outcomes[i] = Outcome(c, reused, reused=True)
         else:
@@ -290,7 +278,7 @@ def run_submitit(configs: list[Config], kind: str = "slurm", force: bool = False
     outcomes: dict[int, Outcome] = {}
     todo = []
     for i, c in enumerate(configs):
-        reused = None if force else finished(c)
+        reused = None if force else finished_results(c)
         if reused is not None:
             outcomes[i] = Outcome(c, reused, reused=True)
         else:

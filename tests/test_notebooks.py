@@ -133,7 +133,7 @@ def test_reproduce_on_a_tiny_fashion_mnist_budget(tmp_path):
                 if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     code = [c for c in executed.cells if c.cell_type == "code"]
     departures = next(i for i, c in enumerate(code) if any("backbone: runs" in o.get("text", "") for o in c.outputs))
-    assert departures < next(i for i, c in enumerate(code) if "viz.reproduction_rows" in c.source)
+    assert departures < next(i for i, c in enumerate(code) if "tables.summary_rows" in c.source)
 
 
 def test_the_ablation_of_notebook_03_resolves():

@@ -98,7 +98,7 @@ def test_no_op_logger_without_tensorboard(monkeypatch, tmp_path):
 
 
 def test_logger_key_is_validated_and_operational():
-    from rdfcil.engine import OPERATIONAL_KEYS
+    from rdfcil.runs import OPERATIONAL_KEYS
     from rdfcil.errors import RdfcilError
     assert {"logger", "log_interval"} <= OPERATIONAL_KEYS
     assert resolve({"logger": "none"}).logger == "none" and resolve({}).logger == "tensorboard"
