@@ -30,6 +30,13 @@ def relation_matrices(feats: torch.Tensor, anchor: int = 0) -> dict[str, torch.T
 
 # --------------------------------------------------------------------------- helpers of the notebooks
 
+def figure_saver(figures_dir, dataset: str):
+    """``save(name) -> <figures_dir>/<dataset>/<name>`` (a figure's stem), or None for every
+    name when ``figures_dir`` is None (the figures are then only shown)."""
+    folder = project_path(figures_dir) / dataset if figures_dir else None
+    return lambda name: folder / name if folder else None
+
+
 def class_names(dataset: str, order: list[int]) -> list[str]:
     """Names of the remapped labels (``order[i]`` is the original class of label ``i``)."""
     from .data import dataset_spec

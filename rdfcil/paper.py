@@ -182,6 +182,22 @@ def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_cl
     return configs
 
 
+def walkthrough(dataset: str, num_tasks: int, first_task_classes, seed: int, preset: str | None, overrides,
+                data_root: str, device: str, out_dir: str, method: str = "rdfcil", tag: str = "", **keys):
+    """The config of a walkthrough notebook's run (02-05): the dataset's default budget
+    (:data:`DEFAULTS`) unless ``overrides`` is given, the run folder
+    ``runs.run_folder(out_dir, config, tag)``, so that the notebooks share one run."""
+    from .config import resolve
+    from .runs import project_path, run_folder
+    overrides = parse_param("overrides", overrides, dict)
+    budget = defaults(dataset)["overrides"] if overrides is None else overrides
+    config = resolve({**budget, **keys, "dataset": dataset, "method": method, "num_tasks": num_tasks,
+                      "first_task_classes": first_task_classes, "seed": seed, "preset": preset,
+                      "data_root": str(project_path(data_root)), "device": device})
+    config.out = str(run_folder(out_dir, config, tag))
+    return config
+
+
 # --------------------------------------------------------------------------- departures from the paper
 
 # Keys that describe the experiment rather than how it is run: never a departure.
