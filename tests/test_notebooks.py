@@ -83,7 +83,8 @@ def test_wrong_parameter_stops_with_the_one_line_error(path, tmp_path):
     assert message in str(err)
     executed = nbformat.read(tmp_path / path.name, as_version=4)
     failed = [c for c in executed.cells if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)]
-    assert len(failed) == 1 and ("rdfcil.resolve(" in failed[0].source or "paper.plan(" in failed[0].source)
+    assert len(failed) == 1 and any(call in failed[0].source
+                                    for call in ("rdfcil.resolve(", "paper.plan(", "paper.walkthrough("))
     assert not out.exists()  # nothing was trained or written
 
 
@@ -179,7 +180,7 @@ def test_reproduce_through_the_papermill_command_line_with_string_lists(tmp_path
     executed = nbformat.read(tmp_path / "p.ipynb", as_version=4)
     cell = next(c for c in executed.cells if c.cell_type == "code" and "rdfcil.run(c) for c in configs" in c.source)
     lines = "".join(o.get("text", "") for o in cell.outputs).splitlines()  # the progress: a line per run, no widget
-    assert [o.output_type for o in cell.outputs] == ["stream"] and len(lines) == 2
+    assert {o.output_type for o in cell.outputs} == {"stream"} and len(lines) == 2
     assert all(line.startswith("trained ") and " phases in " in line for line in lines), lines
     (tmp_path / "params.yaml").write_text("dataset: digits\nmethods: [finetune, lwf]\ntask_counts: [2]\n"
                                           f"overrides: {budget}\n")
