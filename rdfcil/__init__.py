@@ -1,7 +1,6 @@
 """rdfcil: a lab for data-free class-incremental learning (R-DFCIL, ECCV 2022, and baselines)."""
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .config import Config, resolve  # noqa: E402
 from .errors import RdfcilError  # noqa: E402
 

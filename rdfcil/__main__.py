@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 
-from .config import ALIASES, DATASETS, FIELD_NAMES, METHODS, PRESETS, Config, canonical_key, resolve
+from .config import (ALIASES, FIELD_NAMES, PRESETS, SWITCHES, Config, canonical_key, dataset_names, method_names,
+                     resolve)
 from .errors import RdfcilError
 
 
@@ -27,7 +28,7 @@ def split_overrides(tokens: list[str]) -> dict:
         if "=" in key:
             key, value = key.split("=", 1)
             i += 1
-        elif key.startswith("no-") and canonical_key(key[3:]) in ("progress", "refine", "local_ce", "augment"):
+        elif key.startswith("no-") and canonical_key(key[3:]) in SWITCHES:
             key, value = key[3:], "false"
             i += 1
         else:
@@ -42,12 +43,11 @@ def split_overrides(tokens: list[str]) -> dict:
 def command_list() -> None:
     from .data import SPECS
     print("datasets:")
-    for name in DATASETS:
-        s = SPECS[name]
-        print(f"  {name:17s} {s.num_classes:4d} classes, {s.channels}x{s.image_size}x{s.image_size}")
-    print("methods:  " + ", ".join(METHODS))
-    print("presets:  " + ", ".join(PRESETS) + "  (paper: cifar100, tiny-imagenet200, imagenet100; "
-          "quick: digits, fashion-mnist)")
+    for name, s in SPECS.items():
+        print(f"  {name:17s} {s.num_classes:4d} classes, {s.channels}x{s.image_size}x{s.image_size}, "
+              f"default preset {s.default_preset}")
+    print("methods:  " + ", ".join(method_names()))
+    print("presets:  " + ", ".join(PRESETS))
     print("config keys (defaults):")
     defaults = Config()
     for name in FIELD_NAMES:
@@ -83,10 +83,10 @@ def command_bench_accuracy(args, extra) -> None:
     overrides = split_overrides(extra)
     overrides.setdefault("preset", args.preset)
     out = args.out or f"runs/bench-accuracy/{args.dataset}-{args.preset}"
-    methods = args.methods or list(METHODS)
+    methods = args.methods or list(method_names())
     for m in methods:
-        if m not in METHODS:
-            raise RdfcilError(f"unknown method '{m}'; valid methods: {', '.join(METHODS)}")
+        if m not in method_names():
+            raise RdfcilError(f"unknown method '{m}'; valid methods: {', '.join(method_names())}")
     table, paths = bench_accuracy(args.dataset, args.seeds, out, methods, overrides, args.force, args.jobs)
     print(table)
     print("written: " + ", ".join(str(p) for p in paths.values()))
@@ -115,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue after the last finished task (default)")
     sub.add_parser("list", help="datasets, methods, presets and config keys")
     b = sub.add_parser("bench-accuracy", help="every method x seed on a dataset; a mean +- std table")
-    b.add_argument("--dataset", default="digits", choices=DATASETS)
+    b.add_argument("--dataset", default="digits", choices=dataset_names())
     b.add_argument("--preset", default="quick", choices=PRESETS)
     b.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     b.add_argument("--methods", nargs="+")
@@ -124,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, help="runs at a time per device, each its own process (default: 1 on "
                                             "the CPU, 4 per GPU; 0: one after another in this process)")
     s = sub.add_parser("bench-speed", help="throughput of each phase against the bare model and a DataLoader")
-    s.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    s.add_argument("--dataset", default="fashion-mnist", choices=dataset_names())
     s.add_argument("--steps", type=int, default=10, help="timed steps per measure")
     s.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     s.add_argument("--out")

@@ -1,104 +1,18 @@
-"""Read a run folder back: config, results, histories, and the model, old model and generator
-after any finished task. The notebooks look at runs only through this module and ``viz``."""
+"""What the notebooks compute from a run: features, relation matrices, BatchNorm statistics,
+synthetic samples, the refinement's effect, head ceilings. A run folder is read through
+:class:`runs.RunView` (re-exported here with ``load_run``, ``run_folder`` and ``project_path``,
+so that a notebook needs ``analysis`` and ``viz`` only)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
-
 import torch
 
-from .config import Config, read_yaml, validate
-from .data import Benchmark, load_benchmark
-from .engine import Results, pick_device
+from .data import Benchmark
+from .distributed import pick_device
 from .errors import RdfcilError
 from .inversion import Generator, build_generator, frozen_copy, sample
-from .io import load_checkpoint, read_json
 from .losses import angle_relations, class_weights, distance_relations
-from .nets import IncrementalNet, model_for
-
-
-@dataclass
-class RunView:
-    """A finished (or partly finished) run folder."""
-    folder: Path
-    device: str = "cpu"
-    _checkpoints: dict = field(default_factory=dict, repr=False)
-
-    @cached_property
-    def config(self) -> Config:
-        values = read_yaml(self.folder / "config.yaml")
-        config = Config(**{k: v for k, v in values.items() if k in Config.__dataclass_fields__})
-        validate(config)
-        return config
-
-    @cached_property
-    def results(self) -> Results:
-        return Results.load(self.folder)
-
-    @cached_property
-    def history(self) -> dict:
-        return read_json(self.folder / "history.json")
-
-    @cached_property
-    def bench(self) -> Benchmark:
-        return load_benchmark(self.config, pick_device(self.device))
-
-    @property
-    def num_finished(self) -> int:
-        return len(self.results.accuracy_per_task)
-
-    def checkpoint(self, task: int) -> dict:
-        if not 0 <= task < self.num_finished:
-            raise RdfcilError(f"task {task} has not finished in '{self.folder}' (finished: {self.num_finished})")
-        if task not in self._checkpoints:
-            self._checkpoints[task] = load_checkpoint(self.folder / f"task_{task}.pt", pick_device(self.device))
-        return self._checkpoints[task]
-
-    def model(self, task: int) -> IncrementalNet:
-        """The model after ``task`` (eval mode)."""
-        spec = self.bench.spec
-        model = model_for(self.config, spec, pick_device(self.device))
-        for t in range(task + 1):
-            model.head.add_task(len(self.bench.tasks[t]))
-        model.load_state_dict(self.checkpoint(task)["model"])  # loaded with map_location = the device
-        return model.eval()
-
-    def generator(self, task: int) -> Generator | None:
-        """The generator inverted from the model after ``task`` (None for methods without one)."""
-        state = self.checkpoint(task)["method"].get("generator")
-        if state is None:
-            return None
-        g = build_generator(self.config, self.bench.spec, pick_device(self.device))
-        g.load_state_dict(state)
-        return g.eval()
-
-    def synthetic(self, task: int, n: int, seed: int = 0):
-        """``n`` synthetic images of the generator after ``task`` with the old model's labels."""
-        generator = self.generator(task)
-        if generator is None:
-            raise RdfcilError(f"method '{self.config.method}' trains no generator")
-        torch.manual_seed(seed)
-        images, labels, _ = sample(generator, frozen_copy(self.model(task)), n)
-        return images, labels
-
-    def real(self, classes: range, n: int | None = None, split: str = "test"):
-        """Real (normalised) images of ``classes`` with remapped labels, the first ``n``."""
-        images = self.bench.test if split == "test" else self.bench.train
-        xs, ys = zip(*images.batches(classes, 512))
-        x, y = torch.cat(xs), torch.cat(ys)
-        return (x[:n], y[:n]) if n else (x, y)
-
-    def confusion(self, task: int):
-        return self.checkpoint(task)["confusion"].cpu().numpy()
-
-
-def load_run(folder: str | Path, device: str = "cpu") -> RunView:
-    folder = Path(folder)
-    if not (folder / "results.json").is_file():
-        raise RdfcilError(f"'{folder}' is not a run folder (no results.json); run python -m rdfcil run first")
-    return RunView(folder, device)
+from .runs import RunView, load_run, project_path, run_folder  # noqa: F401  (the notebooks' entry points)
 
 
 @torch.no_grad()
@@ -116,36 +30,17 @@ def relation_matrices(feats: torch.Tensor, anchor: int = 0) -> dict[str, torch.T
 
 # --------------------------------------------------------------------------- helpers of the notebooks
 
-FASHION_MNIST_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                       "Bag", "Ankle boot"]
-
-
-def project_path(path: str | Path) -> Path:
-    """A relative ``path`` taken from the project root: the nearest folder at or above the
-    working directory holding ``pyproject.toml`` and ``rdfcil/``, else the working directory.
-    Notebooks run from ``notebooks/`` (Jupyter, nbval) and from the root (papermill) so share
-    their run folders and figures."""
-    path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "rdfcil").is_dir():
-            return folder / path
-    return here / path
-
-
-def run_folder(out_dir: str | Path, config: Config, tag: str = "") -> Path:
-    """``<out_dir>/<dataset>/<method>[-<tag>]-[<first>+]<T>tasks-seed<k>``: the layout of
-    ``engine.default_out`` under another root, so that notebooks share runs."""
-    split = f"{config.first_task_classes}+" if config.first_task_classes else ""
-    name = f"{config.method}{'-' + tag if tag else ''}-{split}{config.num_tasks}tasks-seed{config.seed}"
-    return project_path(out_dir) / config.dataset / name
+def figure_saver(figures_dir, dataset: str):
+    """``save(name) -> <figures_dir>/<dataset>/<name>`` (a figure's stem), or None for every
+    name when ``figures_dir`` is None (the figures are then only shown)."""
+    folder = project_path(figures_dir) / dataset if figures_dir else None
+    return lambda name: folder / name if folder else None
 
 
 def class_names(dataset: str, order: list[int]) -> list[str]:
     """Names of the remapped labels (``order[i]`` is the original class of label ``i``)."""
-    names = {"fashion-mnist": FASHION_MNIST_NAMES}.get(dataset)
+    from .data import dataset_spec
+    names = dataset_spec(dataset).class_names
     return [names[c] if names else str(c) for c in order]
 
 

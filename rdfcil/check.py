@@ -162,7 +162,7 @@ def check(device: str = "auto", budget: str | None = None, out: str | None = Non
           report=print) -> list[Step]:
     """Every step of the module docstring on ``device``; ``report`` gets one line per step."""
     from .data import write_standin
-    from .engine import pick_device
+    from .distributed import pick_device
     resolved = pick_device(device)
     budget = budget or ("full" if resolved.type == "cuda" else "small")
     if budget not in BUDGETS:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,6 @@ import yaml
 
 from .errors import RdfcilError
 
-DATASETS = ("digits", "fashion-mnist", "cifar100", "tiny-imagenet200", "imagenet100")
-METHODS = ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil")
 BACKBONES = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet18")
 PRESETS = ("paper", "quick", "none")
 RKD_KINDS = ("angle", "distance", "none")
@@ -29,8 +30,25 @@ CROP_FILLS = ("mean", "zero")
 IMAGENET_CROPS = ("center_pad", "random_resized")
 REFINE_COUNTS = ("task", "refinement")
 DEEPINVERSION_REPLAYS = ("published", "global_ce")
-# The baselines as the ABD repository (GT-RIPL/AlwaysBeDreaming-DFCIL) runs them (METHOD.md section 8).
-ABD_REPO_METHODS = ("finetune", "joint", "lwf", "deepinversion", "abd")
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The registered datasets (``data.SPECS``)."""
+    from .data import SPECS
+    return tuple(SPECS)
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered methods (``methods.METHODS``)."""
+    from .methods import METHODS
+    return tuple(METHODS)
+
+
+def uses_abd_scripts(method: str) -> bool:
+    """Whether the paper preset of ``method`` is the ABD repository's scripts (the baselines as
+    GT-RIPL/AlwaysBeDreaming-DFCIL runs them, METHOD.md section 8): its ``preset_source``."""
+    from .methods import METHODS
+    return getattr(METHODS.get(method), "preset_source", None) == "abd"
 
 
 @dataclass
@@ -163,7 +181,7 @@ def _paper(dataset: str, method: str = "rdfcil") -> dict:
         raise RdfcilError(f"preset 'paper' exists for {', '.join(table)}, not for '{dataset}'; "
                           "use --preset quick or set the values yourself")
     values = {**common, **table[dataset]}
-    if method in ABD_REPO_METHODS:
+    if uses_abd_scripts(method):
         values.update(ABD_SCRIPTS[dataset])
         values["notes"] = ABD_NOTES.format(**values, jitter=", colour jitter" if values["color_jitter"] else "")
         if dataset == "imagenet100":
@@ -212,7 +230,7 @@ def _quick(dataset: str, method: str = "rdfcil") -> dict:
         raise RdfcilError(f"preset 'quick' exists for {', '.join(table)}, not for '{dataset}'; "
                           "use --preset paper")
     values = {**PUBLISHED_VARIANTS, **table[dataset]}
-    if method in ABD_REPO_METHODS:  # its augmentation, where the dataset augments at all
+    if uses_abd_scripts(method):  # its augmentation, where the dataset augments at all
         values.update(color_jitter=True, crop_fill="zero")
         values["notes"] += QUICK_BASELINE_NOTES
     return values
@@ -244,38 +262,57 @@ def canonical_key(key: str) -> str:
     return key
 
 
+@functools.cache
+def type_hints() -> dict:
+    return typing.get_type_hints(Config)
+
+
+def field_types(key: str) -> tuple[type, ...]:
+    """The types a field's hint allows, ``None`` excluded: ``int | None`` -> ``(int,)``,
+    ``Any`` -> ``(int, list)`` (``class_order``: an index or a list of labels)."""
+    hint = type_hints()[key]
+    if hint is Any:
+        return (int, list)
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    return tuple(typing.get_origin(a) or a for a in args if a is not type(None))
+
+
+NONE_WORDS = ("none", "null", "")
+SWITCHES = tuple(name for name in FIELD_NAMES if bool in field_types(name))  # --no-<key> on the command line
+
+
 def coerce(key: str, value: Any) -> Any:
-    """Turn a command-line string (or YAML value) into the field's type."""
-    default = getattr(Config(), key)
+    """Turn a command-line string (or YAML value) into the type of the field's hint: ``bool``
+    from true/false/yes/no/on/off/1/0, ``int``, ``float``, ``list`` from YAML (``[80, 120]``),
+    ``None`` from none/null where the hint allows ``None`` (for a plain ``str`` field such as
+    ``rkd``, 'none' is a value)."""
     if value is None or not isinstance(value, str):
         return value
-    text = value.strip()
-    if text.lower() in ("none", "null", "") and key not in ("rkd", "preset", "logger"):  # 'none' is a value of these
+    text, kinds = value.strip(), field_types(key)
+    hint = type_hints()[key]
+    if text.lower() in NONE_WORDS and (hint is Any or type(None) in typing.get_args(hint)):
         return None
-    if key in ("milestones", "class_order") or text.startswith("["):
+    if list in kinds and (text.startswith("[") or kinds == (list,)):
         try:
             parsed = yaml.safe_load(text)
         except yaml.YAMLError:
             raise RdfcilError(f"{key} cannot be read from '{value}' (write a list as [1, 2])") from None
-        if isinstance(parsed, (int, list)):
+        if isinstance(parsed, list):
             return parsed
-    if isinstance(default, bool) or key in ("augment", "compile"):
+    if bool in kinds:
         if text.lower() in ("true", "1", "yes", "on"):
             return True
         if text.lower() in ("false", "0", "no", "off"):
             return False
         raise RdfcilError(f"{key} must be true or false, got '{value}'")
-    kind = {int: int, float: float}.get(type(default))
-    if key in ("first_task_classes", "train_per_class", "inversion_batch_size"):
-        kind = int
-    if key == "lr_incremental":
-        kind = float
-    if kind is None:
-        return text
-    try:
-        return kind(text)
-    except ValueError:
-        raise RdfcilError(f"{key} must be a number, got '{value}'") from None
+    for kind, noun in ((int, "an integer"), (float, "a number")):
+        if kind in kinds:
+            try:
+                return kind(text)
+            except ValueError:
+                raise RdfcilError(f"{key} must be {noun}, got '{value}'") from None
+    return text
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -303,8 +340,8 @@ def resolve(overrides: dict | None = None, config_file: str | Path | None = None
     dataset = user.get("dataset", Config.dataset)
     preset = user.get("preset", Config.preset)
     method = user.get("method", Config.method)
-    if dataset not in DATASETS:
-        raise RdfcilError(f"unknown dataset '{dataset}'; valid datasets: {', '.join(DATASETS)}")
+    if dataset not in dataset_names():
+        raise RdfcilError(f"unknown dataset '{dataset}'; valid datasets: {', '.join(dataset_names())}")
     values = {**preset_values(preset, dataset, method), **user}
     config = Config(**values)
     validate(config)
@@ -318,8 +355,9 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(c: Config) -> None:
     """Refuse any value that cannot run, with a one-line reason."""
-    _check(c.dataset in DATASETS, f"unknown dataset '{c.dataset}'; valid datasets: {', '.join(DATASETS)}")
-    _check(c.method in METHODS, f"unknown method '{c.method}'; valid methods: {', '.join(METHODS)}")
+    datasets, methods = dataset_names(), method_names()
+    _check(c.dataset in datasets, f"unknown dataset '{c.dataset}'; valid datasets: {', '.join(datasets)}")
+    _check(c.method in methods, f"unknown method '{c.method}'; valid methods: {', '.join(methods)}")
     _check(c.backbone in BACKBONES, f"unknown backbone '{c.backbone}'; valid backbones: {', '.join(BACKBONES)}")
     _check(c.rkd in RKD_KINDS, f"unknown rkd '{c.rkd}'; valid: {', '.join(RKD_KINDS)}")
     _check(c.rrl_forward in RRL_FORWARDS,

@@ -17,9 +17,9 @@ import gzip
 import json
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,10 @@ SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A dataset as the lab knows it: image shape, normalisation, augmentation, where it comes
+    from and which preset it runs by default. :data:`SPECS` is the registry: adding a dataset
+    is one entry there (plus its preset values in ``config``, and its published class orders,
+    if any, in ``class_orders.json``)."""
     name: str
     image_size: int
     channels: int
@@ -40,19 +44,12 @@ class DatasetSpec:
     std: tuple
     crop_padding: int  # random crop with this padding (0: none); the fill is the config's crop_fill
     flip: bool  # random horizontal flip
-    in_memory: bool
-
-
-SPECS = {
-    "digits": DatasetSpec("digits", 8, 1, 10, (0.3051,), (0.3741,), 0, False, True),
-    "fashion-mnist": DatasetSpec("fashion-mnist", 28, 1, 10, (0.2860,), (0.3530,), 2, True, True),
-    "cifar100": DatasetSpec("cifar100", 32, 3, 100, (0.5071, 0.4867, 0.4408),
-                            (0.2675, 0.2565, 0.2761), 4, True, True),
-    "tiny-imagenet200": DatasetSpec("tiny-imagenet200", 64, 3, 200, (0.4803, 0.4481, 0.3976),
-                                    (0.2764, 0.2688, 0.2816), 4, True, True),  # JPEGs cached as uint8
-    "imagenet100": DatasetSpec("imagenet100", 224, 3, 100, (0.485, 0.456, 0.406),
-                               (0.229, 0.224, 0.225), 4, True, False),
-}
+    # (root, config) -> (train images, train labels, test images, test labels): uint8 N x C x H x W
+    # tensors held in memory, or (for folder datasets, ``in_memory=False``) lists of image paths
+    loader: Callable = field(compare=False, repr=False, default=None)
+    in_memory: bool = True
+    default_preset: str = "quick"  # the preset of a run that names none (notebooks, plans, bench-speed)
+    class_names: tuple | None = None  # names of the original labels, where they have names
 
 
 # --------------------------------------------------------------------------- class orders
@@ -582,6 +579,37 @@ def write_standin(dataset: str, root: str | Path, per_class: tuple[int, int] | N
     return base
 
 
+# --------------------------------------------------------------------------- the registry
+
+FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                       "Bag", "Ankle boot")
+
+
+def _tiny_imagenet(root: Path, config):
+    from .imagecache import tiny_imagenet_arrays
+    return tiny_imagenet_arrays(root, config.num_workers)
+
+
+SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("digits", 8, 1, 10, (0.3051,), (0.3741,), 0, False, lambda root, c: load_digits_arrays()),
+    DatasetSpec("fashion-mnist", 28, 1, 10, (0.2860,), (0.3530,), 2, True,
+                lambda root, c: load_fashion_mnist_arrays(root), class_names=FASHION_MNIST_NAMES),
+    DatasetSpec("cifar100", 32, 3, 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 4, True,
+                lambda root, c: load_cifar100_arrays(root), default_preset="paper"),
+    DatasetSpec("tiny-imagenet200", 64, 3, 200, (0.4803, 0.4481, 0.3976), (0.2764, 0.2688, 0.2816), 4, True,
+                _tiny_imagenet, default_preset="paper"),  # JPEGs decoded once, cached as uint8
+    DatasetSpec("imagenet100", 224, 3, 100, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 4, True,
+                lambda root, c: load_imagenet100_lists(root), in_memory=False, default_preset="paper"),
+)}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registered dataset ``name``, or the one-line error listing the valid ones."""
+    if name not in SPECS:
+        raise RdfcilError(f"unknown dataset '{name}'; valid datasets: {', '.join(SPECS)}")
+    return SPECS[name]
+
+
 # --------------------------------------------------------------------------- the benchmark
 
 @dataclass
@@ -609,33 +637,23 @@ def subsample_per_class(labels: torch.Tensor, per_class: int, seed: int = 0) -> 
 
 def load_benchmark(config, device) -> Benchmark:
     """Load ``config.dataset``, apply the class order and the task split, put it on ``device``."""
-    spec = SPECS[config.dataset]
+    spec = dataset_spec(config.dataset)
     root = Path(config.data_root).expanduser()
     order = class_order(config.dataset, spec.num_classes, config.class_order)
     task_sizes(spec.num_classes, config.num_tasks, config.first_task_classes)  # validate first
-    if spec.in_memory:
-        from .imagecache import tiny_imagenet_arrays
-        loader = {"digits": lambda: load_digits_arrays(),
-                  "fashion-mnist": lambda: load_fashion_mnist_arrays(root),
-                  "cifar100": lambda: load_cifar100_arrays(root),
-                  "tiny-imagenet200": lambda: tiny_imagenet_arrays(root, config.num_workers)}[config.dataset]
-        x_tr, y_tr, x_te, y_te = loader()
-        if config.train_per_class:
-            keep = subsample_per_class(y_tr, config.train_per_class)
-            x_tr, y_tr = x_tr[keep], y_tr[keep]
-        y_tr, tasks = split_tasks(y_tr, order, config.num_tasks, config.first_task_classes)
-        y_te, _ = split_tasks(y_te, order, config.num_tasks, config.first_task_classes)
-        return _with_augmentation(Benchmark(spec, TensorImages(x_tr, y_tr, spec, device),
-                                            TensorImages(x_te, y_te, spec, device), order, tasks), config)
-    p_tr, y_tr, p_te, y_te = load_imagenet100_lists(root)
+    x_tr, y_tr, x_te, y_te = spec.loader(root, config)
     if config.train_per_class:
         keep = subsample_per_class(y_tr, config.train_per_class)
-        p_tr, y_tr = [p_tr[i] for i in keep.tolist()], y_tr[keep]
+        x_tr = x_tr[keep] if spec.in_memory else [x_tr[i] for i in keep.tolist()]
+        y_tr = y_tr[keep]
     y_tr, tasks = split_tasks(y_tr, order, config.num_tasks, config.first_task_classes)
     y_te, _ = split_tasks(y_te, order, config.num_tasks, config.first_task_classes)
-    return _with_augmentation(Benchmark(spec, FolderImages(p_tr, y_tr, spec, device, True, config.num_workers),
-                                        FolderImages(p_te, y_te, spec, device, False, config.num_workers),
-                                        order, tasks), config)
+    if spec.in_memory:
+        train, test = TensorImages(x_tr, y_tr, spec, device), TensorImages(x_te, y_te, spec, device)
+    else:
+        train = FolderImages(x_tr, y_tr, spec, device, True, config.num_workers)
+        test = FolderImages(x_te, y_te, spec, device, False, config.num_workers)
+    return _with_augmentation(Benchmark(spec, train, test, order, tasks), config)
 
 
 def _with_augmentation(bench: Benchmark, config) -> Benchmark:

@@ -26,6 +26,19 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import RdfcilError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RdfcilError("device 'cuda' was asked for but CUDA is not available here; use device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RdfcilError(f"unknown device '{name}'; use auto, cpu or cuda[:i]") from None
+
 
 def backend_for(device_name: str) -> str:
     """NCCL when the run trains on CUDA (``auto`` with a GPU, ``cuda``, ``cuda:i``), gloo otherwise."""

@@ -9,51 +9,26 @@ gives the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
-import subprocess
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from . import __version__
 from .config import Config, resolve
 from .data import Benchmark, load_benchmark
-from .distributed import Distributed
+from .distributed import Distributed, pick_device
 from .errors import RdfcilError
 from .graphs import step_function
 from .lock import folder_lock, rank_zero
-from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
-from .methods import Method, Phase, Task, build_method, unused_keys
-from .metrics import accuracy_on, confusion_matrix, forgetting, task_row
+from .methods import Method, Phase, Task, build_method
+from .metrics import confusion_matrix
 from .nets import model_for
+from .precision import autocast_for, memory_format_for
 from .progress import RunProgress
+from .runs import Results, add_task_metrics, default_out, new_record, prepare_folder, restore, save_task
 from .tblog import NullLogger, every, make_logger, synthetic_grid
-
-# Keys that do not change a run's numbers; every other key must match to resume or reuse a run.
-OPERATIONAL_KEYS = {"out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root", "logger",
-                    "log_interval"}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RdfcilError("device 'cuda' was asked for but CUDA is not available here; use device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise RdfcilError(f"unknown device '{name}'; use auto, cpu or cuda[:i]") from None
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA or CPU for ``precision='bf16'``; losses cast to fp32 themselves."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
 
 def stage_seed(seed: int, task: int, stage: int) -> int:
     """A distinct seed per (run seed, task, stage): stage 0 training, 1 inversion."""
@@ -64,36 +39,6 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
     return torch.Generator().manual_seed(seed)
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def default_out(c: Config) -> str:
-    split = f"{c.first_task_classes}+" if c.first_task_classes else ""
-    return f"runs/{c.dataset}/{c.method}-{split}{c.num_tasks}tasks-seed{c.seed}"
-
-
-@dataclass
-class Results:
-    """The content of ``results.json`` with attribute access (``r.final_accuracy``)."""
-    data: dict
-
-    def __getattr__(self, name):
-        try:
-            return self.data[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "Results":
-        return cls(read_json(Path(folder) / "results.json"))
 
 
 # --------------------------------------------------------------------------- progress
@@ -210,57 +155,12 @@ def evaluate(model, bench: Benchmark, seen: range, batch_size: int, precision: s
     return confusion.numpy()
 
 
-# --------------------------------------------------------------------------- the run folder
-
-def config_differences(stored: dict, wanted: dict) -> list[str]:
-    """Keys whose values differ and matter: operational keys and keys the run's method never
-    reads (e.g. ``refine_lr`` for LwF) cannot change its numbers."""
-    keys = sorted(set(stored) | set(wanted))
-    unused = unused_keys(wanted.get("method", ""))
-    return [k for k in keys if k not in OPERATIONAL_KEYS and k not in unused and stored.get(k) != wanted.get(k)]
-
-
-def finished_tasks(folder: Path, num_tasks: int) -> int:
-    """How many consecutive tasks have a checkpoint (task_0.pt, task_1.pt, ...)."""
-    done = 0
-    while done < num_tasks and (folder / f"task_{done}.pt").is_file():
-        done += 1
-    return done
-
-
 def _as_config(config) -> Config:
     if isinstance(config, Config):
         from .config import validate
         validate(config)
         return config
     return resolve(config or {})
-
-
-def prepare_folder(c: Config, folder: Path, resume: bool, force: bool, ddp: Distributed):
-    """Check an existing run folder against ``c``; return the finished Results to reuse, or
-    the number of finished tasks to resume after. Only rank 0 writes."""
-    wanted = c.to_dict() | {"out": str(folder)}
-    start = 0
-    if (folder / "config.yaml").is_file() and not force:
-        from .config import read_yaml
-        diff = config_differences(read_yaml(folder / "config.yaml"), wanted)
-        if diff:
-            raise RdfcilError(f"run folder '{folder}' holds a run with a different config (keys: "
-                              f"{', '.join(diff)}); use another --out or --force to overwrite it")
-        if (folder / "results.json").is_file():
-            stored = read_json(folder / "results.json")
-            if stored.get("finished"):
-                return Results(stored)
-        if resume:
-            start = finished_tasks(folder, c.num_tasks)
-    ddp.barrier()  # every process has read the folder before rank 0 changes it
-    if ddp.is_main:
-        if force and folder.exists():
-            for stale in list(folder.glob("task_*.pt")) + [folder / "results.json", folder / "history.json"]:
-                stale.unlink(missing_ok=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_yaml(folder / "config.yaml", wanted)
-    return start
 
 
 def run(config: Config | dict | None = None, resume: bool = True, force: bool = False) -> Results:
@@ -290,8 +190,7 @@ def _run(c: Config, resume: bool, force: bool) -> Results:
 
     torch.manual_seed(c.seed)
     model = model_for(c, bench.spec, device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = memory_format_for(model, device)
     if c.compile:
         model.backbone.compile()  # in place: the state_dict keys stay the same
     method = build_method(c, model, bench.spec)
@@ -332,11 +231,7 @@ def train_tasks(c: Config, start: int, model, method: Method, bench: Benchmark, 
         record["finished"] = t == c.num_tasks - 1
         record["processes"] = ddp.world
         if ddp.is_main:
-            save_checkpoint(folder / f"task_{t}.pt", {
-                "task": t, "model": model.state_dict(), "method": method.state_dict(),
-                "record": record, "confusion": torch.as_tensor(confusion), "snapshots": snapshots})
-            write_json(folder / "history.json", history)
-            write_json(folder / "results.json", record)
+            save_task(folder, t, model, method, record, history, confusion, snapshots)
     return record
 
 
@@ -368,9 +263,8 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
     task_history: dict = {"phases": {}}
     generator = seed_everything(stage_seed(c.seed, task.index, 0))
     model.head.add_task(task.n_new)  # after seeding: a resumed run draws the same initial weights
+    method.set_shard(ddp.shard)
     method.begin_task(task)
-    if method.replay is not None:
-        method.replay.shard = ddp.shard
     phases = method.phases(task)
     task_history["snapshots"] = {}
     steps = 0
@@ -386,14 +280,15 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
                 "head": model.head.weight.detach().cpu().clone()}
     started = time.perf_counter()
     seed_everything(stage_seed(c.seed, task.index, 1))
-    info = method.end_task(task, progress, FiniteCheck(task.index, "inversion", last))
-    if method.generator is not None:
-        ddp.broadcast_state(method.generator)
-    if "inversion_history" in info:
-        timings["inversion"] = time.perf_counter() - started
-        task_history["inversion"] = info.pop("inversion_history")
-        log_inversion(logger, method, task, bench, c, task_history["inversion"], info)
-    task_history["end"] = info
+    end = method.end_task(task, progress, FiniteCheck(task.index, "inversion", last))
+    for module in method.synchronised_modules():
+        ddp.broadcast_state(module)
+    for stage, stage_history in end.histories.items():  # one stage per task end today: the inversion
+        timings[stage] = time.perf_counter() - started
+        task_history[stage] = stage_history
+    if "inversion" in end.histories:
+        log_inversion(logger, method, task, bench, c, end.histories["inversion"], end.info)
+    task_history["end"] = end.info
     task_history["steps"] = steps
     started = time.perf_counter()
     task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size, c.precision, ddp)
@@ -416,45 +311,8 @@ def log_inversion(logger: NullLogger, method: Method, task: Task, bench: Benchma
                         "synthetic/least_class_share": min(coverage) / max(sum(coverage), 1)}, task.index)
         labels = np.repeat(np.arange(len(coverage)), coverage)
         logger.histogram("synthetic/labels", labels, task.index)
-    grid = synthetic_grid(method.generator, method.old_model, task.seen.stop, bench.test.denormalize,
+    grid = synthetic_grid(method.inversion.generator, method.old_model, task.seen.stop, bench.test.denormalize,
                           seed=stage_seed(c.seed, task.index, 2))
     logger.images("synthetic/images", grid, task.index)
 
 
-def new_record(c: Config, bench: Benchmark) -> dict:
-    return {
-        "dataset": c.dataset, "method": c.method, "num_tasks": c.num_tasks,
-        "first_task_classes": c.first_task_classes or len(bench.tasks[0]), "seed": c.seed,
-        "class_order": bench.class_order, "tasks": [[r.start, r.stop] for r in bench.tasks],
-        "accuracy_matrix": [], "accuracy_per_task": [], "final_accuracy": None,
-        "average_incremental_accuracy": None, "old_accuracy": [], "new_accuracy": [], "forgetting": [],
-        "class_coverage": [], "wall_seconds": [], "wall_seconds_total": 0.0, "finished": False,
-        "config": c.to_dict(), "version": __version__, "git_commit": git_commit(),
-        "device": str(pick_device(c.device)), "torch": str(torch.__version__),
-    }
-
-
-def add_task_metrics(record: dict, confusion: np.ndarray, bench: Benchmark, t: int, end_info: dict) -> None:
-    """Append task ``t``'s row of the accuracy matrix, A_t, old/new accuracy; refresh the summary."""
-    tasks = bench.tasks[:t + 1]
-    record["accuracy_matrix"].append(task_row(confusion, tasks))
-    record["accuracy_per_task"].append(float(100.0 * np.trace(confusion) / confusion.sum()))
-    record["old_accuracy"].append(accuracy_on(confusion, range(0, tasks[t].start)) if t else None)
-    record["new_accuracy"].append(accuracy_on(confusion, tasks[t]))
-    record["final_accuracy"] = record["accuracy_per_task"][-1]
-    record["average_incremental_accuracy"] = float(np.mean(record["accuracy_per_task"]))
-    record["forgetting"] = forgetting(record["accuracy_matrix"])
-    record["class_coverage"].append(end_info.get("class_coverage"))
-    record["classes_covered"] = record.get("classes_covered", []) + [end_info.get("classes_covered")]
-
-
-def restore(folder: Path, start: int, model, method: Method, bench: Benchmark, c: Config):
-    """Load the checkpoint of task ``start - 1`` into ``model`` and ``method``."""
-    state = load_checkpoint(folder / f"task_{start - 1}.pt", map_location=model.device)
-    for t in range(start):
-        model.head.add_task(len(bench.tasks[t]))
-    model.load_state_dict(state["model"])
-    method.load_state_dict(state["method"], Task(start - 1, bench.tasks[start - 1], c.num_tasks))
-    history = read_json(folder / "history.json") if (folder / "history.json").is_file() else {"tasks": []}
-    history["tasks"] = history["tasks"][:start]
-    return state["record"], history

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .losses import fp32
+from .precision import autocast_for, fp32
 
 
 class Generator(nn.Module):
@@ -190,7 +190,7 @@ def train_generator(generator: Generator, old_model: nn.Module, steps: int, batc
     optional tqdm-like bar; ``check(step, terms)`` may raise on a non-finite loss.
     """
     device = next(generator.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = autocast_for(device, precision)
     optimizer = optimizer or torch.optim.Adam(generator.parameters(), lr=lr)
     history: dict[str, list[float]] = {k: [] for k in ("content", "balance", "smoothness", "bn_stats", "total")}
     generator.train()

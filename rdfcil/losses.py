@@ -6,24 +6,13 @@ Relational and distillation terms are computed in fp32 whatever the autocast pre
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def fp32(fn):
-    """Run ``fn`` with autocast off and its floating tensor arguments in fp32: the angle tensor,
-    distances, softmax entropies and divergences stay exact under bf16 training."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
-        args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-        with torch.autocast(device, enabled=False):
-            return fn(*args, **kwargs)
-    return wrapper
+from .precision import fp32, fp32_section
 
 
 def rrl_weights(n_old: int, n_new: int) -> tuple[float, float]:
@@ -134,7 +123,7 @@ class RelationProjections(nn.Module):
         self.old = nn.Linear(feature_dim, 2 * feature_dim, device=device)
 
     def forward(self, features: torch.Tensor, old_features: torch.Tensor):
-        with torch.autocast(features.device.type, enabled=False):
+        with fp32_section(features.device):
             return self.current(features.float()), self.old(old_features.float())
 
 

@@ -62,18 +62,34 @@ class Phase:
 
 
 class Method:
-    """Finetune: global CE on the new task's data over every seen class; no memory of the past."""
+    """The base of every method: global CE on the new task's data over every seen class (that
+    alone is Finetune), and the interface the engine uses.
 
-    uses_generator = False
+    A method declares itself in its class: ``name`` (the config's ``method``), ``keys`` (the
+    config keys only some methods read: a finished run of this method is reused when any other
+    key of that kind differs), ``label``, ``color`` and ``rank`` (its place in tables and plots,
+    lower bounds first). ``@register`` puts it in :data:`METHODS`, from which the config's
+    choices, the CLI, the run-folder comparison and the tables are derived.
+
+    The engine talks to a method through: ``begin_task``, ``phases``, ``end_task`` (a
+    :class:`TaskEnd`), ``set_shard`` (this process's share of a synthetic batch under torchrun),
+    ``synchronised_modules`` (modules every process must hold equal after a task),
+    ``inversion`` (the :class:`InversionReplay` component or None, for the logger), and
+    ``state_dict`` / ``load_state_dict`` for the checkpoint.
+    """
+
+    name: str = ""
+    keys: frozenset = frozenset()
+    label, color, rank = "", "black", 50
+    # Whose published settings the paper preset takes (METHOD.md sections 7, 8): "rdfcil" (the
+    # R-DFCIL paper's table) or "abd" (the ABD repository's scripts, for the baselines it runs).
+    preset_source = "rdfcil"
     keeps_old_model = False
-    carries_generator = False  # ABD repository: one generator (and its Adam state) for every task
 
     def __init__(self, config, model: nn.Module, spec):
         self.config, self.model, self.spec = config, model, spec
         self.old_model: nn.Module | None = None
-        self.generator: Generator | None = None
-        self.generator_optimizer: torch.optim.Optimizer | None = None
-        self.replay: SyntheticReplay | None = None
+        self.inversion: InversionReplay | None = None
 
     # -- phases ------------------------------------------------------------------------------
     def train_epochs(self, task: Task) -> int:
@@ -107,52 +123,34 @@ class Method:
 
     def with_replay(self, x, y):
         """The real batch followed by a synthetic one: ``(inputs, labels, old logits of x_s)``."""
-        x_s, y_s, old_logits_s = self.replay.batch()
+        x_s, y_s, old_logits_s = self.inversion.batch()
         return torch.cat([x, x_s]), torch.cat([y, y_s]), old_logits_s
 
     # -- between tasks -----------------------------------------------------------------------
     def begin_task(self, task: Task) -> None:
         """Called after the task's seed is set; builds the synthetic replay if there is one."""
-        if self.generator is not None and task.index > 0:
-            c = self.config
-            self.replay = SyntheticReplay(self.generator, self.old_model, c.batch_size, c.synthetic_pool)
+        if self.inversion is not None:
+            self.inversion.begin_task(task, self.old_model)
 
-    def end_task(self, task: Task, progress_factory=None, check=None) -> dict:
-        """Freeze the old model; methods with replay invert it (not after the last task)."""
-        info: dict = {}
-        if (self.keeps_old_model or self.uses_generator) and not task.is_last:
+    def end_task(self, task: Task, progress_factory=None, check=None) -> "TaskEnd":
+        """Freeze the old model; a method with inversion inverts it (not after the last task)."""
+        if (self.keeps_old_model or self.inversion is not None) and not task.is_last:
             self.old_model = frozen_copy(self.model)
-        if self.uses_generator and not task.is_last:
-            info = self.invert(task, progress_factory, check)
-        return info
+        if self.inversion is None or task.is_last:
+            return TaskEnd()
+        history, info = self.inversion.invert(self.old_model, task, progress_factory, check)
+        return TaskEnd({"inversion": history}, info)
 
-    def carry(self) -> bool:
-        """Whether the generator and its Adam state go on from task to task (``generator_carry``)."""
-        return self.carries_generator and self.config.generator_carry
+    def set_shard(self, shard: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Under torchrun each process trains on ``shard(batch)``: so too the synthetic batches."""
+        if self.inversion is not None:
+            self.inversion.shard = shard
+            if self.inversion.replay is not None:
+                self.inversion.replay.shard = shard
 
-    def new_generator(self) -> Generator:
-        c = self.config
-        generator = build_generator(c, self.spec, self.model.device)
-        if self.carry():
-            self.generator_optimizer = torch.optim.Adam(generator.parameters(), lr=c.inversion_lr)
-        return generator
-
-    def invert(self, task: Task, progress_factory=None, check=None) -> dict:
-        c = self.config
-        if self.generator is None or not self.carry():
-            self.generator = self.new_generator()
-        weights = dict(content_temperature=c.content_temperature, alpha_cb=c.alpha_cb,
-                       alpha_pr=c.alpha_pr, alpha_rf=c.alpha_rf)
-        bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
-        history = train_generator(self.generator, self.old_model, c.inversion_steps,
-                                  c.inversion_batch_size or c.batch_size, c.inversion_lr, weights, bar, check,
-                                  c.precision, self.generator_optimizer)
-        if bar is not None:
-            bar.close()
-        _, labels, _ = sample(self.generator, self.old_model, c.coverage_samples)
-        coverage = class_coverage(labels, task.seen.stop)
-        return {"inversion_history": history, "class_coverage": coverage,
-                "classes_covered": sum(1 for n in coverage if n > 0)}
+    def synchronised_modules(self) -> list[nn.Module]:
+        """Modules every process must hold equal after ``end_task`` (broadcast from rank 0)."""
+        return [self.inversion.generator] if self.inversion is not None and self.inversion.generator else []
 
     # -- checkpoint --------------------------------------------------------------------------
     def extra_modules(self) -> dict[str, nn.Module]:
@@ -160,32 +158,122 @@ class Method:
 
     def state_dict(self) -> dict:
         state = {name: module.state_dict() for name, module in self.extra_modules().items()}
-        if self.generator is not None:
-            state["generator"] = self.generator.state_dict()
-        if self.generator_optimizer is not None:
-            state["generator_optimizer"] = self.generator_optimizer.state_dict()
-        return state
+        return state | (self.inversion.state_dict() if self.inversion is not None else {})
 
     def load_state_dict(self, state: dict, task: Task) -> None:
         """Restore after a finished ``task``: the old model is the checkpoint's model."""
-        if (self.keeps_old_model or self.uses_generator) and not task.is_last:
+        if (self.keeps_old_model or self.inversion is not None) and not task.is_last:
             self.old_model = frozen_copy(self.model)
+        if self.inversion is not None:
+            self.inversion.load_state_dict(state)
+
+
+@dataclass
+class TaskEnd:
+    """What a method reports when a task ends: the histories of its stages (``{"inversion":
+    {term: [per step]}}``; the engine times each stage) and values for the run's record
+    (``class_coverage``, ``classes_covered``)."""
+    histories: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+class InversionReplay:
+    """Model inversion after a task and synthetic replay during the next (METHOD.md section 4):
+    the component DeepInversion, ABD and R-DFCIL share.
+
+    ``invert``: train the generator ``G`` against the frozen old model
+    (:func:`inversion.train_generator`; a fresh ``G`` each task, or, with ``carry``, one ``G``
+    and its Adam state for every task as the ABD repository does), then record the class
+    coverage of ``coverage_samples`` synthetic labels. ``batch``: a synthetic batch
+    ``(x_s, argmax z_old(x_s), z_old(x_s))`` for the current task
+    (:class:`inversion.SyntheticReplay`)."""
+
+    keys = frozenset({"inversion_steps", "inversion_lr", "inversion_batch_size", "z_dim", "generator_width",
+                      "content_temperature", "alpha_cb", "alpha_pr", "alpha_rf", "synthetic_pool",
+                      "coverage_samples"})
+
+    def __init__(self, config, spec, device, carry: bool = False):
+        self.config, self.spec, self.device, self.carry = config, spec, device, carry
+        self.generator: Generator | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.replay: SyntheticReplay | None = None
+        self.shard: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+
+    def new_generator(self) -> Generator:
+        c = self.config
+        generator = build_generator(c, self.spec, self.device)
+        if self.carry:
+            self.optimizer = torch.optim.Adam(generator.parameters(), lr=c.inversion_lr)
+        return generator
+
+    def begin_task(self, task: Task, old_model: nn.Module | None) -> None:
+        if self.generator is not None and task.index > 0:
+            c = self.config
+            self.replay = SyntheticReplay(self.generator, old_model, c.batch_size, c.synthetic_pool)
+            self.replay.shard = self.shard
+
+    def batch(self):
+        return self.replay.batch()
+
+    def invert(self, old_model: nn.Module, task: Task, progress_factory=None, check=None) -> tuple[dict, dict]:
+        """Train ``G`` on ``old_model``; returns (loss history, class coverage info)."""
+        c = self.config
+        if self.generator is None or not self.carry:
+            self.generator = self.new_generator()
+        weights = dict(content_temperature=c.content_temperature, alpha_cb=c.alpha_cb,
+                       alpha_pr=c.alpha_pr, alpha_rf=c.alpha_rf)
+        bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
+        history = train_generator(self.generator, old_model, c.inversion_steps,
+                                  c.inversion_batch_size or c.batch_size, c.inversion_lr, weights, bar, check,
+                                  c.precision, self.optimizer)
+        if bar is not None:
+            bar.close()
+        _, labels, _ = sample(self.generator, old_model, c.coverage_samples)
+        coverage = class_coverage(labels, task.seen.stop)
+        return history, {"class_coverage": coverage, "classes_covered": sum(1 for n in coverage if n > 0)}
+
+    def state_dict(self) -> dict:
+        state = {"generator": self.generator.state_dict()} if self.generator is not None else {}
+        return state | ({"generator_optimizer": self.optimizer.state_dict()} if self.optimizer is not None else {})
+
+    def load_state_dict(self, state: dict) -> None:
         if "generator" in state:
             self.generator = self.new_generator()
             self.generator.load_state_dict(state["generator"])
             self.generator.eval()
-            if self.generator_optimizer is not None and "generator_optimizer" in state:
-                self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+            if self.optimizer is not None and "generator_optimizer" in state:
+                self.optimizer.load_state_dict(state["generator_optimizer"])
 
 
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Add ``cls`` to :data:`METHODS` under ``cls.name`` (the order of registration is the
+    order of the CLI's choices)."""
+    if not cls.name or cls.name in METHODS:
+        raise ValueError(f"a method needs a new, non-empty name; got {cls.name!r}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+@register
 class Finetune(Method):
     """Lower bound: plain CE on each new task with a growing head."""
 
+    name, label, color, rank = "finetune", "Finetune", "#BBBBBB", 0
+    preset_source = "abd"
 
+
+@register
 class Joint(Method):
     """Upper bound: at task t, train on the real data of every class seen so far. With
     ``joint_from_scratch`` (ABD's oracle) every task starts from freshly initialised weights
     and runs the base task's epochs and learning rate; otherwise it continues from the last."""
+
+    name, label, color, rank = "joint", "Joint", "#228833", 90
+    preset_source = "abd"
+    keys = frozenset({"joint_from_scratch"})
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
@@ -205,10 +293,14 @@ class Joint(Method):
         return [self.phase("train", task, self.base_loss(task), classes=task.seen)]
 
 
+@register
 class LwF(Method):
     """``L = CE(z, y) + kd_weight * L_kd(z[:, :n_old], z_old)`` on the new real data (Li & Hoiem;
     the ABD repository's form: soft cross-entropy at T = 2, no T^2 unless ``kd_t2``)."""
 
+    name, label, color, rank = "lwf", "LwF", "#66CCEE", 10
+    preset_source = "abd"
+    keys = frozenset({"kd_temperature", "kd_weight", "kd_t2"})
     keeps_old_model = True
 
     def incremental_phases(self, task: Task) -> list[Phase]:
@@ -223,6 +315,7 @@ class LwF(Method):
         return [self.phase("train", task, loss)]
 
 
+@register
 class DeepInversion(Method):
     """Synthetic replay as the ABD repository runs it (``deepinversion_replay = published``),
     real batch ``x`` and synthetic batch ``x_s`` in one forward:
@@ -231,14 +324,20 @@ class DeepInversion(Method):
     targets set to zero. ``global_ce``: the package's former loss, ``CE`` over real + synthetic
     (argmax labels) and ``L_kd`` over the old classes on both."""
 
-    uses_generator = True
-    carries_generator = True
+    name, label, color, rank = "deepinversion", "DeepInversion", "#CCBB44", 20
+    preset_source = "abd"
+    keys = frozenset({"kd_temperature", "kd_weight", "kd_t2", "deepinversion_replay", "generator_carry"}) \
+        | InversionReplay.keys
+
+    def __init__(self, config, model, spec):
+        super().__init__(config, model, spec)
+        self.inversion = InversionReplay(config, spec, model.device, carry=config.generator_carry)
 
     def incremental_phases(self, task: Task) -> list[Phase]:
         c = self.config
 
         def published(x, y):
-            x_s, _, old_logits_s = self.replay.batch()
+            x_s, _, old_logits_s = self.inversion.batch()
             logits = self.model(torch.cat([x, x_s]))
             n = len(x)
             with torch.no_grad():
@@ -257,6 +356,7 @@ class DeepInversion(Method):
         return [self.phase("train", task, published if c.deepinversion_replay == "published" else global_ce)]
 
 
+@register
 class ABD(Method):
     """Always Be Dreaming (Smith et al. 2021), as its repository runs it: local CE on the real
     data, a global CE on real + synthetic computed on detached features (only the head learns
@@ -266,8 +366,13 @@ class ABD(Method):
     detached features from a second, no-grad forward in training mode, which moves the
     BatchNorm running statistics once more per step; here they are the first forward's.)"""
 
-    uses_generator = True
-    carries_generator = True
+    name, label, color, rank = "abd", "ABD", "#4477AA", 30
+    preset_source = "abd"
+    keys = frozenset({"abd_mu", "abd_ce_weighting", "generator_carry"}) | InversionReplay.keys
+
+    def __init__(self, config, model, spec):
+        super().__init__(config, model, spec)
+        self.inversion = InversionReplay(config, spec, model.device, carry=config.generator_carry)
 
     def incremental_phases(self, task: Task) -> list[Phase]:
         c = self.config
@@ -289,6 +394,7 @@ class ABD(Method):
         return [self.phase("train", task, loss)]
 
 
+@register
 class RDFCIL(Method):
     """R-DFCIL (Gao et al., ECCV 2022): relation-guided representation learning, then
     classifier refinement (METHOD.md sections 5 and 6).
@@ -308,10 +414,13 @@ class RDFCIL(Method):
     separate | joint.
     """
 
-    uses_generator = True
+    name, label, color, rank = "rdfcil", "R-DFCIL", "#EE6677", 40
+    keys = frozenset({"refine_lr", "lambda_ce", "lambda_hkd", "lambda_rkd", "rkd", "local_ce", "refine",
+                      "rrl_forward", "refine_counts"}) | InversionReplay.keys
 
     def __init__(self, config, model, spec):
         super().__init__(config, model, spec)
+        self.inversion = InversionReplay(config, spec, model.device)  # the published code inverts a fresh G each task
         self.projections: L.RelationProjections | None = None
 
     def extra_modules(self) -> dict[str, nn.Module]:
@@ -337,7 +446,7 @@ class RDFCIL(Method):
         alpha, beta = L.rrl_weights(task.n_old, task.n_new)
 
         def loss(x, y):
-            x_s, y_s, old_logits_s = self.replay.batch()
+            x_s, y_s, old_logits_s = self.inversion.batch()
             if c.refine_counts == "task":
                 self.counts.add(torch.cat([y, y_s]))
             logits, features, logits_s = self.forward_real_and_synthetic(x, x_s)
@@ -403,30 +512,15 @@ class ClassCounts:
             self.weights = L.class_weights(self.counts)
 
 
-METHOD_CLASSES = {"finetune": Finetune, "joint": Joint, "lwf": LwF, "deepinversion": DeepInversion,
-                  "abd": ABD, "rdfcil": RDFCIL}
-
-
-# Config keys read only by some methods (the rest read the shared protocol and optimiser keys).
-INVERSION_KEYS = {"inversion_steps", "inversion_lr", "inversion_batch_size", "z_dim", "generator_width",
-                  "content_temperature", "alpha_cb", "alpha_pr", "alpha_rf", "synthetic_pool",
-                  "coverage_samples"}
-METHOD_KEYS = {
-    "rdfcil": {"refine_lr", "lambda_ce", "lambda_hkd", "lambda_rkd", "rkd", "local_ce", "refine",
-               "rrl_forward", "refine_counts"} | INVERSION_KEYS,
-    "abd": {"abd_mu", "abd_ce_weighting", "generator_carry"} | INVERSION_KEYS,
-    "deepinversion": {"kd_temperature", "kd_weight", "kd_t2", "deepinversion_replay", "generator_carry"}
-    | INVERSION_KEYS,
-    "lwf": {"kd_temperature", "kd_weight", "kd_t2"},
-    "joint": {"joint_from_scratch"},
-}
+def method_keys(name: str) -> frozenset:
+    """The method-specific config keys ``name`` reads."""
+    return METHODS[name].keys if name in METHODS else frozenset()
 
 
 def unused_keys(method: str) -> set[str]:
-    """Method-specific keys that ``method`` does not read."""
-    used = METHOD_KEYS.get(method, set())
-    return set().union(*METHOD_KEYS.values()) - used
+    """Method-specific keys (declared by any registered method) that ``method`` does not read."""
+    return set().union(*(m.keys for m in METHODS.values())) - method_keys(method)
 
 
 def build_method(config, model, spec) -> Method:
-    return METHOD_CLASSES[config.method](config, model, spec)
+    return METHODS[config.method](config, model, spec)

@@ -52,15 +52,13 @@ for _method, _values in EQUAL_SPLITS_CIFAR100.items():
         PUBLISHED[("cifar100", None, _tasks, _method)] = {"avg": None, "last": _last, "last_std": None,
                                                          "source": ABD_PAPER}
 
-NUM_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar100": 100, "tiny-imagenet200": 200, "imagenet100": 100}
-
-
 def published(dataset: str, method: str, num_tasks: int, first_task_classes: int | None = None) -> dict | None:
     """The published ``{"avg", "last", "last_std", "source"}`` of a setting, or None.
 
     ``first_task_classes`` None (or the equal share ``classes / num_tasks``) means an equal split.
     """
-    total = NUM_CLASSES.get(dataset)
+    from .data import SPECS
+    total = SPECS[dataset].num_classes if dataset in SPECS else None
     if first_task_classes is not None and total and first_task_classes * num_tasks == total:
         first_task_classes = None
     found = PUBLISHED.get((dataset, first_task_classes, num_tasks, method))
@@ -139,11 +137,15 @@ DEFAULTS = {
 
 
 def defaults(dataset: str) -> dict:
-    """A copy of the default reproduction plan of ``dataset`` (see :data:`DEFAULTS`)."""
-    if dataset not in DEFAULTS:
-        raise RdfcilError(f"unknown dataset '{dataset}'; valid datasets: {', '.join(DEFAULTS)}")
+    """A copy of the default reproduction plan of ``dataset`` (see :data:`DEFAULTS`); a dataset
+    without one runs every method on an equal 5-task split, seed 0, at its default preset."""
     import copy
-    return copy.deepcopy(DEFAULTS[dataset])
+    from .config import method_names
+    from .data import dataset_spec
+    spec = dataset_spec(dataset)  # the one-line error for an unknown dataset
+    generic = {"methods": list(method_names()), "task_counts": [5], "seeds": [0], "first_task_classes": None,
+               "preset": spec.default_preset, "overrides": {}}
+    return copy.deepcopy(DEFAULTS.get(dataset, generic))
 
 
 def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_classes="default", preset=None,
@@ -158,7 +160,7 @@ def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_cl
     """
     from .analysis import project_path, run_folder
     from .config import resolve
-    from .data import SPECS, task_sizes
+    from .data import dataset_spec, task_sizes
     plan_ = defaults(dataset)
     methods = parse_param("methods", methods, list, str)
     task_counts = parse_param("task_counts", task_counts, list, int)
@@ -174,10 +176,26 @@ def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_cl
             for seed in seeds or plan_["seeds"]:
                 config = resolve({**budget, **keys, "dataset": dataset, "method": method, "num_tasks": num_tasks,
                                   "first_task_classes": first, "seed": seed, "preset": preset or plan_["preset"]})
-                task_sizes(SPECS[dataset].num_classes, config.num_tasks, config.first_task_classes)
+                task_sizes(dataset_spec(dataset).num_classes, config.num_tasks, config.first_task_classes)
                 config.out = str(run_folder(out_dir, config))
                 configs.append(config)
     return configs
+
+
+def walkthrough(dataset: str, num_tasks: int, first_task_classes, seed: int, preset: str | None, overrides,
+                data_root: str, device: str, out_dir: str, method: str = "rdfcil", tag: str = "", **keys):
+    """The config of a walkthrough notebook's run (02-05): the dataset's default budget
+    (:data:`DEFAULTS`) unless ``overrides`` is given, the run folder
+    ``runs.run_folder(out_dir, config, tag)``, so that the notebooks share one run."""
+    from .config import resolve
+    from .runs import project_path, run_folder
+    overrides = parse_param("overrides", overrides, dict)
+    budget = defaults(dataset)["overrides"] if overrides is None else overrides
+    config = resolve({**budget, **keys, "dataset": dataset, "method": method, "num_tasks": num_tasks,
+                      "first_task_classes": first_task_classes, "seed": seed, "preset": preset,
+                      "data_root": str(project_path(data_root)), "device": device})
+    config.out = str(run_folder(out_dir, config, tag))
+    return config
 
 
 # --------------------------------------------------------------------------- departures from the paper
@@ -185,15 +203,16 @@ def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_cl
 # Keys that describe the experiment rather than how it is run: never a departure.
 PROTOCOL_KEYS = {"dataset", "method", "num_tasks", "first_task_classes", "class_order", "seed", "preset",
                  "out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root"}
-PAPER_DATASETS = ("cifar100", "tiny-imagenet200", "imagenet100")
 
 
 def paper_reference(dataset: str, method: str):
     """The published configuration a run of ``method`` on ``dataset`` is compared with: the
-    paper preset of the dataset, or for a dataset without one (digits, fashion-mnist) the
-    CIFAR-100 paper preset (the published 32x32 setting)."""
+    paper preset of the dataset, or for a dataset without one (default preset ``quick``:
+    digits, fashion-mnist) the CIFAR-100 paper preset (the published 32x32 setting)."""
     from .config import resolve
-    return resolve({"dataset": dataset if dataset in PAPER_DATASETS else "cifar100", "method": method,
+    from .data import dataset_spec
+    has_paper = dataset_spec(dataset).default_preset == "paper"
+    return resolve({"dataset": dataset if has_paper else "cifar100", "method": method,
                     "preset": "paper"})
 
 

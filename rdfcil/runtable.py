@@ -78,7 +78,7 @@ def row(record: dict | None, config: dict | None = None, path: str | Path | None
 
 
 def frame(results) -> "pandas.DataFrame":  # noqa: F821
-    """A table of results already in memory (:class:`rdfcil.engine.Results` or dicts)."""
+    """A table of results already in memory (:class:`rdfcil.runs.Results` or dicts)."""
     import pandas as pd
     return pd.DataFrame([row(r) for r in results])
 

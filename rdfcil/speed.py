@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import resource
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -19,12 +18,14 @@ from torch.nn import functional as F
 
 from . import losses as L
 from .config import resolve
-from .data import load_benchmark
-from .engine import evaluate, pick_device, train_phase
+from .data import dataset_spec, load_benchmark
+from .distributed import pick_device
+from .engine import evaluate, train_phase
 from .inversion import BatchNormStatistics, build_generator, frozen_copy, inversion_losses
 from .io import write_json
 from .methods import RDFCIL, Finetune, Task
 from .nets import model_for
+from .precision import autocast_for
 
 
 class Timer:
@@ -94,7 +95,7 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     device = pick_device(config.device)
     bench = load_benchmark(config, device)
     spec, b = bench.spec, config.batch_size
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else nullcontext()
+    autocast = autocast_for(device, config.precision)
     timer = Timer(device)
     torch.manual_seed(0)
     model = model_for(config, spec, device)
@@ -138,7 +139,7 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     # 4. R-DFCIL: freeze, a generator, task 1's RRL and refinement steps and their parts
     method = RDFCIL(config, model, spec)
     method.old_model = frozen_copy(model)
-    method.generator = build_generator(config, spec, device).eval()
+    method.inversion.generator = build_generator(config, spec, device).eval()
     task1 = Task(1, bench.tasks[1], 2)
     model.head.add_task(task1.n_new)
     method.begin_task(task1)
@@ -172,12 +173,13 @@ def time_rrl(model, method, rrl, refine, x, y, task, timer, autocast, steps) -> 
     model.eval()
     refine_s = timer(lambda: step(refine, head_optimizer), steps)
     model.train()
-    xs, ys, _ = method.replay.batch()
+    replay = method.inversion.replay
+    xs, ys, _ = replay.batch()
 
     def old_forwards():
         with torch.no_grad(), autocast:
             method.old_model.features(x)
-            if method.replay.pool is None:
+            if replay.pool is None:
                 method.old_model(xs)
 
     def current():
@@ -193,7 +195,7 @@ def time_rrl(model, method, rrl, refine, x, y, task, timer, autocast, steps) -> 
     def angles():
         p, p_old = method.projections(f.requires_grad_(), f_old)
         L.rkd_angle(p, p_old).backward()
-    parts = {"rrl_part_sampling_s": timer(method.replay.batch, steps),
+    parts = {"rrl_part_sampling_s": timer(replay.batch, steps),
              "rrl_part_old_forward_s": timer(old_forwards, steps),
              "rrl_part_current_fwd_bwd_s": timer(current, steps),
              "rrl_part_rkd_angles_s": timer(angles, steps)}
@@ -270,9 +272,9 @@ def table(m: dict) -> str:
 
 def bench_speed(dataset: str, overrides: dict, out: str | None, steps: int = 10, workers: int = 2,
                 jobs: int | None = None) -> dict:
-    overrides = {"preset": "quick" if dataset in ("digits", "fashion-mnist") else "paper", **overrides,
-                 "dataset": dataset, "method": "rdfcil", "progress": False}
-    overrides.setdefault("num_tasks", 5 if dataset in ("digits", "fashion-mnist") else 10)
+    preset = dataset_spec(dataset).default_preset
+    overrides = {"preset": preset, **overrides, "dataset": dataset, "method": "rdfcil", "progress": False}
+    overrides.setdefault("num_tasks", 5 if preset == "quick" else 10)
     config = resolve(overrides)
     result = measure(config, steps, workers)
     text = table(result)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, resolve
-from .engine import Results, config_differences, default_out
+from .runs import Results, default_out, finished_results
 from .errors import RdfcilError
 from .io import read_json, write_yaml
 from .progress import make_bar
@@ -97,16 +97,17 @@ def checked(configs) -> list[Config]:
     return out
 
 
-def finished(c: Config) -> Results | None:
-    """The results of a finished run folder holding this config, else None."""
-    folder = Path(c.out)
-    try:
-        stored = read_json(folder / "results.json")
-        from .config import read_yaml
-        same = not config_differences(read_yaml(folder / "config.yaml"), c.to_dict() | {"out": c.out})
-    except RdfcilError:
-        return None
-    return Results(stored) if stored.get("finished") and same else None
+def reused_outcomes(configs: list[Config], force: bool) -> tuple[dict[int, "Outcome"], list[int]]:
+    """The outcomes of the configs whose folders hold their finished run (none with ``force``),
+    and the indices of the others, to be run."""
+    outcomes, todo = {}, []
+    for i, c in enumerate(configs):
+        reused = None if force else finished_results(c)
+        if reused is not None:
+            outcomes[i] = Outcome(c, reused, reused=True)
+        else:
+            todo.append(i)
+    return outcomes, todo
 
 
 def task_of(c: Config) -> str:
@@ -179,14 +180,8 @@ def run_pool(configs: list[Config], jobs: int | None = None, force: bool = False
     threads = None if gpus else max(1, cpu_count() // jobs)
     if threads and os.environ.get("OMP_NUM_THREADS", "").isdigit():  # never more than the caller allows
         threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
-    outcomes: dict[int, Outcome] = {}
-    pending = deque()
-    for i, c in enumerate(configs):
-        reused = None if force else finished(c)
-        if reused is not None:
-            outcomes[i] = Outcome(c, reused, reused=True)
-        else:
-            pending.append(i)
+    outcomes, todo = reused_outcomes(configs, force)
+    pending = deque(todo)
     running: dict[int, tuple] = {}
     display = Display(len(configs), progress)
     failed = 0
@@ -287,14 +282,7 @@ def run_submitit(configs: list[Config], kind: str = "slurm", force: bool = False
                  poll: float = 5.0) -> list[Outcome]:
     """One submitit job per run not already finished; waits, then reads the run folders."""
     import time as clock
-    outcomes: dict[int, Outcome] = {}
-    todo = []
-    for i, c in enumerate(configs):
-        reused = None if force else finished(c)
-        if reused is not None:
-            outcomes[i] = Outcome(c, reused, reused=True)
-        else:
-            todo.append(i)
+    outcomes, todo = reused_outcomes(configs, force)
     log_dir = Path(log_dir or Path(configs[0].out).absolute().parent / ".submitit") if configs else Path(".")
     jobs_of: dict[int, object] = {}
     if todo:

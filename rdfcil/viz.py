@@ -1,4 +1,4 @@
-"""Figures for the notebooks and the paper, and the reproduction table (Markdown, LaTeX, CSV).
+"""Figures for the notebooks and the paper (the tables are :mod:`rdfcil.tables`).
 
 Every figure function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``: no
 global state, no backend to choose, so it works headless (a bare figure renders through Agg)
@@ -8,7 +8,7 @@ even without ``%matplotlib inline``). Given ``save=stem`` it also writes ``stem.
 
 One style for all figures: :func:`style` is a context manager around ``rcParams`` used inside
 each function; importing this module changes nothing. Methods keep one colour everywhere
-(:data:`METHOD_COLORS`); classes are coloured by ``tab10`` / ``tab20``.
+(their registered ``color``, :func:`method_color`); classes are coloured by ``tab10`` / ``tab20``.
 
 Inputs are plain arrays or tensors (anything ``numpy.asarray`` takes after ``.detach().cpu()``);
 the notebooks compute them with :mod:`rdfcil.analysis`.
@@ -17,7 +17,6 @@ the notebooks compute them with :mod:`rdfcil.analysis`.
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import math
 import warnings
@@ -29,12 +28,15 @@ import numpy as np
 from cycler import cycler
 from matplotlib.figure import Figure
 
+from .tables import method_label, method_rank, split_label
+
 PALETTE = ["#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB", "#000000"]
-METHOD_COLORS = {"finetune": "#BBBBBB", "lwf": "#66CCEE", "deepinversion": "#CCBB44", "abd": "#4477AA",
-                 "rdfcil": "#EE6677", "joint": "#228833"}
-METHOD_LABELS = {"finetune": "Finetune", "joint": "Joint", "lwf": "LwF", "deepinversion": "DeepInversion",
-                 "abd": "ABD", "rdfcil": "R-DFCIL"}
-METHOD_ORDER = ["finetune", "lwf", "deepinversion", "abd", "rdfcil", "joint"]
+
+
+def method_color(method: str) -> str:
+    """A method's colour in every figure, from its registration (``methods.METHODS``)."""
+    from .methods import METHODS
+    return METHODS[method].color if method in METHODS else "black"
 
 STYLE = {
     "figure.dpi": 100, "figure.facecolor": "white", "figure.constrained_layout.use": True,
@@ -551,14 +553,6 @@ def _data(r) -> dict:
     return r.data if hasattr(r, "data") else dict(r)
 
 
-def split_label(num_tasks: int, first_task_classes: int | None, num_classes: int) -> str:
-    """``5 × 2`` for an equal split, ``50 + 5 × 10`` for a base task and equal steps."""
-    if not first_task_classes or first_task_classes * num_tasks == num_classes:
-        return f"{num_tasks} × {num_classes // num_tasks}"
-    steps = num_tasks - 1
-    return f"{first_task_classes} + {steps} × {(num_classes - first_task_classes) // max(steps, 1)}"
-
-
 def split_title(num_tasks: int, first_task_classes: int | None, num_classes: int) -> str:
     """``5 tasks × 2 classes`` or ``50 + 5 × 10 classes`` (figure titles)."""
     if not first_task_classes or first_task_classes * num_tasks == num_classes:
@@ -572,8 +566,7 @@ def _groups(results) -> dict:
     for r in map(_data, results):
         key = (r["num_tasks"], r.get("first_task_classes"), r["tasks"][-1][1])
         groups.setdefault(key, {}).setdefault(r["method"], []).append(r)
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return {k: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], 99))) for k, v in sorted(groups.items())}
+    return {k: dict(sorted(v.items(), key=lambda kv: method_rank(kv[0]))) for k, v in sorted(groups.items())}
 
 
 def accuracy_matrices(results, title: str | None = None, save=None) -> Figure:
@@ -592,7 +585,7 @@ def accuracy_matrices(results, title: str | None = None, save=None) -> Figure:
                                             dtype=float) for r in runs], axis=0)
                 im = _matrix_panel(axes[i, j], [list(row[:k + 1]) for k, row in enumerate(stacked)], tasks <= 12)
                 seeds = f", {len(runs)} seeds" if len(runs) > 1 else ""
-                axes[i, j].set_title(f"{METHOD_LABELS.get(method, method)}, {split_label(tasks, first, classes)}{seeds}")
+                axes[i, j].set_title(f"{method_label(method)}, {split_label(tasks, first, classes)}{seeds}")
                 if j:
                     axes[i, j].set_ylabel("")
             for ax in axes[i, len(methods):]:
@@ -615,11 +608,11 @@ def accuracy_curves(results, published=None, title: str | None = None, save=None
         axes = np.array(fig.subplots(1, len(groups), squeeze=False)).ravel()
         for ax, ((tasks, first, classes), methods) in zip(axes, groups.items()):
             for method, runs in methods.items():
-                color = METHOD_COLORS.get(method, "black")
+                color = method_color(method)
                 x = np.array([stop for _, stop in runs[0]["tasks"]])
                 acc = np.array([r["accuracy_per_task"] for r in runs], dtype=float)
                 mean = acc.mean(axis=0)
-                label = METHOD_LABELS.get(method, method)
+                label = method_label(method)
                 ax.plot(x, mean, marker="o", color=color, label=label, ms=3.5)
                 if len(runs) > 1:
                     std = acc.std(axis=0, ddof=1)
@@ -659,7 +652,7 @@ def run_labels(configs: Sequence[Mapping]) -> list[str]:
             if k not in _LABEL_SKIP and k != "method" and len({repr(c.get(k)) for c in configs}) > 1]
     labels = []
     for c in configs:
-        parts = [METHOD_LABELS.get(c.get("method"), str(c.get("method")))]
+        parts = [method_label(c.get("method"))]
         parts += [f"{k} {c.get(k)}" for k in keys[:3]]
         labels.append(", ".join(parts))
     if len(set(labels)) < len(labels):  # still ambiguous: number them
@@ -848,124 +841,3 @@ def task_overview(accuracy_matrix, images, image_labels, confusion, features, fe
         if title:
             fig.suptitle(title)
     return _finish(fig, save)
-
-
-# --------------------------------------------------------------------------- the reproduction table
-
-def reproduction_rows(results, published=None) -> list[dict]:
-    """One row per (split, method): final and average incremental accuracy, mean and sample std
-    over seeds (std None for one seed), beside the published numbers where they exist.
-    ``results``: a table from :func:`rdfcil.collect` (one row per run) or a list of Results."""
-    from .runtable import frame
-    table = results if hasattr(results, "groupby") else frame(results)
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    table = table.assign(_order=table["method"].map(lambda m: order.get(m, 99)),
-                         _first=table["base_classes"].astype(object))
-    keys = ["num_tasks", "_first", "num_classes", "_order", "method"]
-    stats = table.groupby(keys, sort=True, dropna=False).agg(
-        dataset=("dataset", "first"), seeds=("seed", list), runs=("seed", "size"),
-        final_mean=("final_accuracy", "mean"), final_std=("final_accuracy", "std"),
-        avg_mean=("average_incremental_accuracy", "mean"), avg_std=("average_incremental_accuracy", "std"),
-        seconds_mean=("seconds_total", "mean"))
-    rows = []
-    for (tasks, first, classes, _, method), r in stats.iterrows():
-        tasks, classes = int(tasks), int(classes)
-        first = None if first is None or (isinstance(first, float) and math.isnan(first)) else int(first)
-        paper = published(r.dataset, method, tasks, first) if published else None
-        single = r.runs < 2
-        rows.append({
-            "dataset": r.dataset, "method": method, "num_tasks": tasks, "first_task_classes": first,
-            "split": split_label(tasks, first, classes), "seeds": [int(s) for s in r.seeds],
-            "final_mean": float(r.final_mean), "final_std": None if single else float(r.final_std),
-            "avg_mean": float(r.avg_mean), "avg_std": None if single else float(r.avg_std),
-            "paper_last": (paper or {}).get("last"), "paper_last_std": (paper or {}).get("last_std"),
-            "paper_avg": (paper or {}).get("avg"), "seconds_mean": float(r.seconds_mean),
-        })
-    return rows
-
-
-def markdown_rows(rows: Sequence[Mapping]) -> str:
-    """Any list of dicts (same keys) as a Markdown table, e.g. ``analysis.task_table``."""
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(map(str, keys)) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
-              for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _pm(mean, std, pm: str = " ± ", missing: str = "–") -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return missing
-    return f"{mean:.2f}" if std is None else f"{mean:.2f}{pm}{std:.2f}"
-
-
-TABLE_HEADER = ["method", "split", "seeds", "final (ours)", "final (published)", "avg. incr. (ours)",
-                "avg. incr. (published)"]
-
-
-def _cells(r: dict, pm: str, missing: str) -> list[str]:
-    return [METHOD_LABELS.get(r["method"], r["method"]), r["split"], str(len(r["seeds"])),
-            _pm(r["final_mean"], r["final_std"], pm), _pm(r["paper_last"], r["paper_last_std"], pm, missing),
-            _pm(r["avg_mean"], r["avg_std"], pm), _pm(r["paper_avg"], None, pm, missing)]
-
-
-def markdown_table(rows: Sequence[dict]) -> str:
-    """The reproduction table in Markdown (accuracies in %, mean ± std over seeds)."""
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * 3 + "---:|" * 4]
-    lines += ["| " + " | ".join(_cells(r, " ± ", "–")) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        text = text.replace(a, b)
-    return text.replace("×", r"$\times$").replace("–", "--")
-
-
-def latex_table(rows: Sequence[dict], caption: str | None = None, label: str = "tab:reproduction") -> str:
-    """The reproduction table as a booktabs ``table`` (needs ``\\usepackage{booktabs}``)."""
-    dataset = rows[0]["dataset"] if rows else ""
-    caption = caption or (f"Final and average incremental accuracy (\\%) on {_tex_escape(dataset)}, "
-                          "mean $\\pm$ std over seeds, beside the published numbers.")
-    head = ["Method", "Split", "Seeds", "Final (ours)", "Final (publ.)", "Avg (ours)", "Avg (publ.)"]
-    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{llrrrrr}", r"\toprule",
-             " & ".join(head) + r" \\", r"\midrule"]
-    previous = None
-    for r in rows:
-        if previous is not None and r["split"] != previous:
-            lines.append(r"\midrule")
-        previous = r["split"]
-        cells = (_tex_escape(c).replace("\x00", " $\\pm$ ") for c in _cells(r, "\x00", "--"))
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", f"\\label{{{label}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-# No wall time: the committed table depends on the numbers only, not on the machine's load.
-CSV_FIELDS = ["dataset", "method", "num_tasks", "first_task_classes", "split", "seeds", "final_mean", "final_std",
-              "avg_mean", "avg_std", "paper_last", "paper_last_std", "paper_avg"]
-
-
-def csv_table(rows: Sequence[dict]) -> str:
-    """The reproduction table as CSV (raw numbers; empty where a value does not exist)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else " ".join(map(str, r[k])) if k == "seeds"
-                             else f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in CSV_FIELDS})
-    return buffer.getvalue()
-
-
-def write_tables(rows: Sequence[dict], stem: str | Path) -> dict[str, Path]:
-    """Write ``stem.md``, ``stem.tex`` and ``stem.csv``; returns the paths by format."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for fmt, text in (("md", markdown_table(rows)), ("tex", latex_table(rows)), ("csv", csv_table(rows))):
-        path = stem.with_name(stem.name + "." + fmt)
-        path.write_text(text, encoding="utf-8")
-        paths[fmt] = path
-    return paths

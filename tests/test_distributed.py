@@ -10,7 +10,8 @@ import pytest
 from rdfcil import run
 from rdfcil.config import resolve
 
-JOINT = ["--dataset", "digits", "--method", "joint", "--preset", "quick", "--tasks", "5", "--seed", "0",
+JOINT = ["--dataset", "digits", "--method", "joint", "--preset", "quick", "--backbone", "resnet8", "--tasks", "5",
+         "--seed", "0",
          "--epochs", "12", "--refinement-epochs", "3", "--milestones", "[8]", "--device", "cpu",
          "--no-progress"]  # --device cpu: the gloo path, also on a GPU machine
 RDFCIL = ["--dataset", "digits", "--method", "rdfcil", "--tasks", "2", "--seed", "0", "--backbone", "resnet8",

@@ -80,7 +80,8 @@ def _incremental(trained_base, cls=RDFCIL, **overrides):
     model.load_state_dict(base.state_dict())
     method = cls(config, model, bench.spec)
     method.old_model = frozen_copy(model)
-    method.generator = Generator(8, 1, z_dim=64, width=32).eval()
+    if method.inversion is not None:
+        method.inversion.generator = Generator(8, 1, z_dim=64, width=32).eval()
     task1 = Task(1, bench.tasks[1], 2)
     model.head.add_task(5)
     method.begin_task(task1)
@@ -194,7 +195,7 @@ def test_refinement_counts_cover_every_step_of_the_task(trained_base, mode):
 
 def test_deepinversion_published_ce_on_real_only_and_soft_kd_on_synthetic(trained_base):
     config, bench, model, method, task1 = _incremental(trained_base, DeepInversion)
-    method.replay = SyntheticReplay(method.generator, method.old_model, 64, 256)
+    method.inversion.replay = SyntheticReplay(method.inversion.generator, method.old_model, 64, 256)
     (phase,) = method.phases(task1)
     x, y = next(bench.train.batches(task1.classes, 24, shuffle=True))
     model.eval()  # BatchNorm in eval mode: the joint forward equals separate ones
@@ -202,7 +203,7 @@ def test_deepinversion_published_ce_on_real_only_and_soft_kd_on_synthetic(traine
     terms = phase.loss(x, y)
     assert set(terms) == {"ce", "kd", "kd_synthetic"}
     torch.manual_seed(5)
-    x_s, _, old_s = method.replay.batch()
+    x_s, _, old_s = method.inversion.replay.batch()
     with torch.no_grad():
         logits, logits_s, old = model(x), model(x_s), method.old_model(x)
     assert terms["ce"].item() == pytest.approx(L.global_ce(logits, y).item(), abs=1e-5)
@@ -216,14 +217,14 @@ def test_deepinversion_published_ce_on_real_only_and_soft_kd_on_synthetic(traine
 def test_abd_weights_each_ce_sample_by_its_share_of_seen_classes(trained_base):
     config, bench, model, method, task1 = _incremental(trained_base, ABD)
     assert config.abd_mu == 0.1 and config.abd_ce_weighting
-    method.replay = SyntheticReplay(method.generator, method.old_model, 64, 256)
+    method.inversion.replay = SyntheticReplay(method.inversion.generator, method.old_model, 64, 256)
     (phase,) = method.phases(task1)
     x, y = next(bench.train.batches(task1.classes, 24, shuffle=True))
     model.eval()
     torch.manual_seed(5)
     terms = phase.loss(x, y)
     torch.manual_seed(5)
-    _, y_s, _ = method.replay.batch()
+    _, y_s, _ = method.inversion.replay.batch()
     with torch.no_grad():
         logits = model(x)
     # 5 old and 5 new of 10 seen classes: every sample weighs 0.5, the local CE is half the plain one
@@ -240,18 +241,21 @@ def test_abd_weights_each_ce_sample_by_its_share_of_seen_classes(trained_base):
 def test_abd_carries_one_generator_and_its_adam_state(trained_base):
     config, bench, model, method, task1 = _incremental(trained_base, ABD, inversion_steps=3, inversion_batch_size=16,
                                                        z_dim=16, generator_width=8, coverage_samples=32)
-    method.generator = None
-    method.invert(Task(0, bench.tasks[0], 3))
-    first, optimizer = method.generator, method.generator_optimizer
-    method.invert(Task(1, bench.tasks[1], 3))
-    assert method.generator is first and method.generator_optimizer is optimizer
+    inversion = method.inversion
+    inversion.generator = None
+    inversion.invert(method.old_model, Task(0, bench.tasks[0], 3))
+    first, optimizer = inversion.generator, inversion.optimizer
+    inversion.invert(method.old_model, Task(1, bench.tasks[1], 3))
+    assert inversion.generator is first and inversion.optimizer is optimizer
     assert max(s["step"].item() for s in optimizer.state.values()) == 6
     assert "generator_optimizer" in method.state_dict()
-    method.config = dataclasses.replace(method.config, generator_carry=False)
-    method.invert(Task(1, bench.tasks[1], 3))
-    assert method.generator is not first
+    fresh = ABD(dataclasses.replace(method.config, generator_carry=False), model, bench.spec).inversion
+    fresh.invert(method.old_model, Task(0, bench.tasks[0], 3))
+    before = fresh.generator
+    fresh.invert(method.old_model, Task(1, bench.tasks[1], 3))
+    assert fresh.generator is not before and fresh.optimizer is None
     rdfcil = RDFCIL(method.config, model, bench.spec)  # R-DFCIL's code inverts a fresh generator each task
-    assert not rdfcil.carry()
+    assert not rdfcil.inversion.carry
 
 
 def test_joint_from_scratch_reinitialises_every_task(trained_base):

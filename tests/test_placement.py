@@ -12,7 +12,8 @@ from rdfcil import losses as L
 from rdfcil.analysis import load_run
 from rdfcil.config import resolve
 from rdfcil.data import SPECS
-from rdfcil.engine import restore, run
+from rdfcil.engine import run
+from rdfcil.runs import restore
 from rdfcil.inversion import SyntheticReplay, build_generator, frozen_copy
 from rdfcil.methods import Task, build_method
 from rdfcil.nets import build_model
@@ -62,18 +63,20 @@ def test_method_modules_replay_and_counts_are_on_the_device(method):
     m = build_method(config, model, spec)
     model.head.add_task(5)
     m.old_model = frozen_copy(model)
-    m.generator = build_generator(config, spec, model.device)
+    generator = build_generator(config, spec, model.device)
+    if m.inversion is not None:
+        m.inversion.generator = generator
     model.head.add_task(5)
     task = Task(1, range(5, 10), 2)
     m.begin_task(task)
     phases = m.incremental_phases(task)
-    assert misplaced(model, META) == [] and misplaced(m.old_model, META) == [] and misplaced(m.generator, META) == []
+    assert misplaced(model, META) == [] and misplaced(m.old_model, META) == [] and misplaced(generator, META) == []
     for name, module in m.extra_modules().items():
         assert misplaced(module, META) == [], name
     assert all(p.device == META for phase in phases for p in phase.parameters)
-    replay = SyntheticReplay(m.generator, m.old_model, 8, pool_size=16)
+    replay = SyntheticReplay(generator, m.old_model, 8, pool_size=16)
     assert all(t.device == META for t in replay.pool) and all(t.device == META for t in replay.batch())
-    fresh = SyntheticReplay(m.generator, m.old_model, 8, pool_size=0)
+    fresh = SyntheticReplay(generator, m.old_model, 8, pool_size=0)
     assert all(t.device == META for t in fresh.batch())
 
 
@@ -100,7 +103,7 @@ def test_cpu_checkpoint_restores_onto_the_device_through_the_engine(cpu_run):
     record, _ = restore(cpu_run, 1, model, method, view.bench, config)
     assert record["accuracy_per_task"] and model.head.num_classes == 5
     assert misplaced(model, META) == [] and misplaced(method.old_model, META) == []
-    assert misplaced(method.generator, META) == []
+    assert misplaced(method.inversion.generator, META) == []
 
 
 def test_cpu_checkpoint_opens_on_the_device_through_analysis(cpu_run):

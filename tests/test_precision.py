@@ -7,7 +7,8 @@ import torch
 from rdfcil import losses as L
 from rdfcil.config import resolve
 from rdfcil.data import load_benchmark
-from rdfcil.engine import autocast_for, train_phase
+from rdfcil.engine import train_phase
+from rdfcil.precision import autocast_for
 from rdfcil.methods import Finetune, Task
 from rdfcil.nets import build_model
 from conftest import TEST_DEVICE

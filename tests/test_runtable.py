@@ -6,7 +6,7 @@ import json
 import pytest
 
 import rdfcil
-from rdfcil import bench, viz
+from rdfcil import tables, viz
 from rdfcil.config import resolve
 
 pd = pytest.importorskip("pandas")
@@ -70,10 +70,10 @@ def test_collect_a_list_of_folders_keeps_their_order_and_bench_rows_match(sweep)
     folders = [r.config["out"] for r in reversed(results)]
     table = rdfcil.collect(folders)
     assert list(table.path) == folders
-    rows = bench.summary_rows(table)
-    assert [r["method"] for r in rows] == ["lwf", "finetune"] and rows[1]["seeds"] == [1, 0]
-    assert rows == bench.summary_rows(list(reversed(results)))  # the same from Results in memory
-    assert rows[0]["final_std"] == 0.0  # one seed
+    rows = tables.summary_rows(table)  # methods by rank, seeds in the order of the folders
+    assert [r["method"] for r in rows] == ["finetune", "lwf"] and rows[0]["seeds"] == [1, 0]
+    assert rows == tables.summary_rows(list(reversed(results)))  # the same from Results in memory
+    assert rows[1]["final_std"] is None  # one seed
 
 
 def test_collect_of_a_missing_folder_is_one_line():
@@ -83,10 +83,10 @@ def test_collect_of_a_missing_folder_is_one_line():
 
 def test_reproduction_rows_from_the_table(sweep):
     root, results = sweep
-    rows = viz.reproduction_rows(rdfcil.collect(root / "bench"))
+    rows = tables.summary_rows(rdfcil.collect(root / "bench"))
     assert [(r["method"], r["split"], r["seeds"]) for r in rows] == [("finetune", "2 × 5", [0, 1]),
                                                                      ("lwf", "2 × 5", [0])]
-    assert rows == viz.reproduction_rows(results)
+    assert rows == tables.summary_rows(results)
 
 
 def test_compare_runs_draws_several_runs_and_exports_png_and_pdf(sweep, tmp_path):

@@ -32,7 +32,9 @@ def test_two_jobs_equal_one_run_at_a_time(tmp_path, monkeypatch):
     for p, s in zip(parallel, sequential):
         assert p.finished and p.accuracy_matrix == s.accuracy_matrix, (p.method, p.seed)
         assert p.class_coverage == s.class_coverage
-    again = sweep.execute([tiny(m, s, tmp_path / "par" / f"{m}-seed{s}") for m in methods for s in seeds], jobs=2)
+    assert [r.config["out"] for r in parallel] == [str(tmp_path / "par" / f"{m}-2tasks-seed{s}")
+                                                   for m in methods for s in seeds]  # runs.run_name
+    again = sweep.execute([tiny(r.method, r.seed, r.config["out"]) for r in parallel], jobs=2)
     assert all(o.reused for o in again)  # finished folders: no process started
 
 

@@ -98,7 +98,7 @@ def test_no_op_logger_without_tensorboard(monkeypatch, tmp_path):
 
 
 def test_logger_key_is_validated_and_operational():
-    from rdfcil.engine import OPERATIONAL_KEYS
+    from rdfcil.runs import OPERATIONAL_KEYS
     from rdfcil.errors import RdfcilError
     assert {"logger", "log_interval"} <= OPERATIONAL_KEYS
     assert resolve({"logger": "none"}).logger == "none" and resolve({}).logger == "tensorboard"
@@ -125,17 +125,17 @@ def test_a_killed_run_keeps_what_it_logged(tmp_path):
 
 
 def test_one_progress_bar_per_run_reset_per_phase(monkeypatch, tmp_path):
-    """The engine makes a single tqdm bar and resets it for each phase: in a notebook one
-    widget (one line in papermill's saved output), not one per phase."""
-    import tqdm.auto
+    """The engine makes a single tqdm bar and resets it for each phase: in JupyterLab one
+    widget, not one per phase (and one printed line in papermill's saved output, test_progress)."""
+    import tqdm
     made = []
 
-    class Bar(tqdm.auto.tqdm):
+    class Bar(tqdm.tqdm):  # the terminal's bar: pytest runs outside a kernel
         def __init__(self, *args, **kwargs):
             made.append(kwargs)
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
     run(resolve({**TINY, "progress": True, "logger": "none", "out": str(tmp_path / "r")}))
     assert len(made) == 1 and made[0]["leave"] is False

@@ -11,8 +11,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from rdfcil import analysis, paper, viz
-from rdfcil.engine import Results
+from rdfcil import analysis, paper, tables, viz
+from rdfcil.runs import Results
 from rdfcil.errors import RdfcilError
 from rdfcil.nets import build_model
 
@@ -145,7 +145,7 @@ def test_to_display_denormalizes_or_stretches_each_image():
 # --------------------------------------------------------------------------- the reproduction table
 
 def test_reproduction_rows_group_by_split_and_method_with_published_numbers():
-    rows = viz.reproduction_rows(RESULTS, paper.published)
+    rows = tables.summary_rows(RESULTS, paper.published)
     assert [(r["method"], r["num_tasks"]) for r in rows] == [("abd", 6), ("rdfcil", 6), ("rdfcil", 26)]
     abd, rd6, rd26 = rows
     assert abd["final_mean"] == pytest.approx(51.0) and abd["final_std"] == pytest.approx(np.std([50, 52], ddof=1))
@@ -156,8 +156,8 @@ def test_reproduction_rows_group_by_split_and_method_with_published_numbers():
 
 
 def test_table_writers_hold_the_rows_and_numbers(tmp_path):
-    rows = viz.reproduction_rows(RESULTS, paper.published)
-    paths = viz.write_tables(rows, tmp_path / "tables" / "reproduction")
+    rows = tables.summary_rows(RESULTS, paper.published)
+    paths = tables.write_tables(rows, tmp_path / "tables" / "reproduction")
     assert sorted(paths) == ["csv", "md", "tex"]
     md = paths["md"].read_text()
     lines = md.strip().splitlines()
@@ -177,16 +177,16 @@ def test_table_writers_hold_the_rows_and_numbers(tmp_path):
 
 
 def test_table_marks_missing_published_numbers():
-    rows = viz.reproduction_rows([fake_result("finetune", 0, 20.0, dataset="digits", num_tasks=5, first=None,
+    rows = tables.summary_rows([fake_result("finetune", 0, 20.0, dataset="digits", num_tasks=5, first=None,
                                               classes=10)], paper.published)
     assert rows[0]["split"] == "5 × 2" and rows[0]["paper_last"] is None
-    assert "| Finetune | 5 × 2 | 1 | 20.00 | – |" in viz.markdown_table(rows)
-    assert "& -- &" in viz.latex_table(rows)
+    assert "| Finetune | 5 × 2 | 1 | 20.00 | – |" in tables.markdown_table(rows)
+    assert "& -- &" in tables.latex_table(rows)
 
 
 def test_markdown_rows_renders_any_list_of_dicts():
-    assert viz.markdown_rows([{"task": 0, "acc": 12.345}]) == "| task | acc |\n|---|---|\n| 0 | 12.35 |\n"
-    assert viz.markdown_rows([]) == ""
+    assert tables.markdown_rows([{"task": 0, "acc": 12.345}]) == "| task | acc |\n|---|---|\n| 0 | 12.35 |\n"
+    assert tables.markdown_rows([]) == ""
 
 
 # --------------------------------------------------------------------------- rdfcil.paper

@@ -1,0 +1,44 @@
+"""Numerical precision in one place: the autocast context of every forward (training,
+evaluation, inversion, the speed benchmark), the fp32 sections inside it, and the memory
+format of the model on the device.
+
+``precision = bf16`` runs forwards under ``torch.autocast(device, bfloat16)`` on CUDA and on
+the CPU; ``fp32`` runs them as they are. Losses that compare distributions or relations
+(angles, distances, softmax divergences) run in fp32 whatever the autocast (:func:`fp32`).
+"""
+from __future__ import annotations
+
+import functools
+from contextlib import nullcontext
+
+import torch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """``torch.autocast(device.type, bfloat16)`` for ``precision = bf16``, else a null context."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def fp32(fn):
+    """Run ``fn`` with autocast off and its floating tensor arguments in fp32: the angle tensor,
+    distances, softmax entropies and divergences stay exact under bf16 training."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def fp32_section(device: torch.device):
+    """A block computed in fp32 inside an autocast region (``with fp32_section(x.device): ...``)."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
+def memory_format_for(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Channels-last weights on CUDA (faster convolutions with cuDNN); unchanged elsewhere."""
+    return model.to(memory_format=torch.channels_last) if torch.device(device).type == "cuda" else model

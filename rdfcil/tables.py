@@ -1,0 +1,180 @@
+"""The results table, one for the whole lab: ``bench-accuracy``, ``reproduce.ipynb`` and the
+README's tables are this module's rows and writers.
+
+:func:`summary_rows` groups runs (a :func:`rdfcil.collect` table or Results) by split and
+method: final and average incremental accuracy, mean and sample std over seeds (``None`` for a
+single seed), the mean wall time, beside the published numbers where they exist. The writers
+render the rows as Markdown, LaTeX (booktabs), CSV and JSON; :func:`write_tables` writes each
+file atomically.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .io import atomic_write_text
+
+
+# --------------------------------------------------------------------------- methods and splits
+
+def method_label(method: str) -> str:
+    """The name a method has in tables and legends (``R-DFCIL``), from its registration."""
+    from .methods import METHODS
+    return METHODS[method].label if method in METHODS else str(method)
+
+
+def method_rank(method: str) -> int:
+    """A method's place in tables and plots (lower bounds first, the upper bound last)."""
+    from .methods import METHODS
+    return METHODS[method].rank if method in METHODS else 99
+
+
+def split_label(num_tasks: int, first_task_classes: int | None, num_classes: int) -> str:
+    """``5 × 2`` for an equal split, ``50 + 5 × 10`` for a base task and equal steps."""
+    if not first_task_classes or first_task_classes * num_tasks == num_classes:
+        return f"{num_tasks} × {num_classes // num_tasks}"
+    steps = num_tasks - 1
+    return f"{first_task_classes} + {steps} × {(num_classes - first_task_classes) // max(steps, 1)}"
+
+
+# --------------------------------------------------------------------------- the rows
+
+def summary_rows(results, published=None) -> list[dict]:
+    """One row per (split, method), splits in order, methods by rank: final and average
+    incremental accuracy, mean and sample std over seeds (std None for one seed), mean wall time
+    per run, and ``published(dataset, method, num_tasks, first_task_classes)``'s numbers.
+    ``results``: a table from :func:`rdfcil.collect` (one row per run) or a list of Results."""
+    from .runtable import frame
+    table = results if hasattr(results, "groupby") else frame(results)
+    table = table.assign(_order=table["method"].map(method_rank), _first=table["base_classes"].astype(object))
+    keys = ["num_tasks", "_first", "num_classes", "_order", "method"]
+    stats = table.groupby(keys, sort=True, dropna=False).agg(
+        dataset=("dataset", "first"), seeds=("seed", list), runs=("seed", "size"),
+        final_mean=("final_accuracy", "mean"), final_std=("final_accuracy", "std"),
+        avg_mean=("average_incremental_accuracy", "mean"), avg_std=("average_incremental_accuracy", "std"),
+        seconds_mean=("seconds_total", "mean"))
+    rows = []
+    for (tasks, first, classes, _, method), r in stats.iterrows():
+        tasks, classes = int(tasks), int(classes)
+        first = None if first is None or (isinstance(first, float) and math.isnan(first)) else int(first)
+        paper = (published(r.dataset, method, tasks, first) if published else None) or {}
+        single = r.runs < 2
+        rows.append({
+            "dataset": r.dataset, "method": method, "num_tasks": tasks, "first_task_classes": first,
+            "split": split_label(tasks, first, classes), "seeds": [int(s) for s in r.seeds],
+            "final_mean": float(r.final_mean), "final_std": None if single else float(r.final_std),
+            "avg_mean": float(r.avg_mean), "avg_std": None if single else float(r.avg_std),
+            "paper_last": paper.get("last"), "paper_last_std": paper.get("last_std"),
+            "paper_avg": paper.get("avg"), "seconds_mean": float(r.seconds_mean),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------- the writers
+
+def markdown_rows(rows: Sequence[Mapping]) -> str:
+    """Any list of dicts (same keys) as a Markdown table, e.g. ``analysis.task_table``."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(map(str, keys)) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _pm(mean, std, pm: str = " ± ", missing: str = "–") -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return missing
+    return f"{mean:.2f}" if std is None else f"{mean:.2f}{pm}{std:.2f}"
+
+
+def _columns(published: bool, seconds: bool) -> list[tuple[str, str, callable]]:
+    """(Markdown header, LaTeX header, cell(row, pm, missing)) of each column."""
+    columns = [("method", "Method", lambda r, pm, missing: method_label(r["method"])),
+               ("split", "Split", lambda r, pm, missing: r["split"]),
+               ("seeds", "Seeds", lambda r, pm, missing: str(len(r["seeds"]))),
+               ("final (ours)", "Final (ours)", lambda r, pm, missing: _pm(r["final_mean"], r["final_std"], pm))]
+    if published:
+        columns.append(("final (published)", "Final (publ.)",
+                        lambda r, pm, missing: _pm(r["paper_last"], r["paper_last_std"], pm, missing)))
+    columns.append(("avg. incr. (ours)", "Avg (ours)", lambda r, pm, missing: _pm(r["avg_mean"], r["avg_std"], pm)))
+    if published:
+        columns.append(("avg. incr. (published)", "Avg (publ.)",
+                        lambda r, pm, missing: _pm(r["paper_avg"], None, pm, missing)))
+    if seconds:
+        columns.append(("wall time per run (s)", "Time (s)", lambda r, pm, missing: f"{r['seconds_mean']:.0f}"))
+    return columns
+
+
+def markdown_table(rows: Sequence[dict], published: bool = True, seconds: bool = False) -> str:
+    """The table in Markdown (accuracies in %, mean ± std over seeds); ``published``: the
+    published numbers beside ours; ``seconds``: the mean wall time per run."""
+    columns = _columns(published, seconds)
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * 3 + "---:|" * (len(columns) - 3)]
+    lines += ["| " + " | ".join(c[2](r, " ± ", "–") for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text.replace("×", r"$\times$").replace("–", "--")
+
+
+def latex_table(rows: Sequence[dict], caption: str | None = None, label: str = "tab:reproduction",
+                published: bool = True, seconds: bool = False) -> str:
+    """The table as a booktabs ``table`` (needs ``\\usepackage{booktabs}``), a rule between splits."""
+    columns = _columns(published, seconds)
+    dataset = rows[0]["dataset"] if rows else ""
+    caption = caption or (f"Final and average incremental accuracy (\\%) on {_tex_escape(dataset)}, "
+                          "mean $\\pm$ std over seeds" + (", beside the published numbers." if published else "."))
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{ll" + "r" * (len(columns) - 2) + "}", r"\toprule",
+             " & ".join(c[1] for c in columns) + r" \\", r"\midrule"]
+    previous = None
+    for r in rows:
+        if previous is not None and r["split"] != previous:
+            lines.append(r"\midrule")
+        previous = r["split"]
+        cells = (_tex_escape(c[2](r, "\x00", "--")).replace("\x00", " $\\pm$ ") for c in columns)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", f"\\label{{{label}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# Wall time only where asked for: the committed reproduction table depends on the numbers alone,
+# not on the machine's load.
+CSV_FIELDS = ["dataset", "method", "num_tasks", "first_task_classes", "split", "seeds", "final_mean", "final_std",
+              "avg_mean", "avg_std", "paper_last", "paper_last_std", "paper_avg"]
+
+
+def csv_table(rows: Sequence[dict], seconds: bool = False) -> str:
+    """The rows as CSV (raw numbers; empty where a value does not exist)."""
+    fields = CSV_FIELDS + (["seconds_mean"] if seconds else [])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else " ".join(map(str, r[k])) if k == "seeds"
+                             else f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in fields})
+    return buffer.getvalue()
+
+
+def write_tables(rows: Sequence[dict], stem: str | Path, formats: Sequence[str] = ("md", "tex", "csv"),
+                 published: bool = True, seconds: bool = False) -> dict[str, Path]:
+    """Write ``stem.<format>`` for each of ``formats`` (md, tex, csv, json), each atomically;
+    returns the paths by format."""
+    stem = Path(stem)
+    writers = {"md": lambda: markdown_table(rows, published, seconds),
+               "tex": lambda: latex_table(rows, published=published, seconds=seconds),
+               "csv": lambda: csv_table(rows, seconds),
+               "json": lambda: json.dumps(list(rows), indent=1) + "\n"}
+    paths = {}
+    for fmt in formats:
+        paths[fmt] = stem.with_name(stem.name + "." + fmt)
+        atomic_write_text(paths[fmt], writers[fmt]())
+    return paths
