@@ -31,7 +31,7 @@ demo: setup
 	@cat figures/digits/reproduction.md
 
 test: setup
-	$(PY) -m pytest --nbval-lax tests notebooks
+	$(PY) -m pytest --nbval-lax --durations=25 tests notebooks
 
 bench-accuracy: setup
 	$(PY) -m rdfcil bench-accuracy --dataset digits --preset quick --seeds 0 1 2
