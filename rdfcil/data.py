@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import RdfcilError
+from .precision import channels_last
 
 PACKAGE_DIR = Path(__file__).parent
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -140,8 +141,7 @@ class LabelledImages:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``(x / 255 - mean) / std`` of uint8 (or 0..255 float) images; channels-last on CUDA."""
-        x = (images.float() / 255.0 - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+        return channels_last((images.float() / 255.0 - self.mean) / self.std)
 
     def augmented(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training augmentation of a uint8 batch, normalised: colour jitter (if on), then the
@@ -151,8 +151,8 @@ class LabelledImages:
         if self.color_jitter:
             images = color_jitter(images, generator=generator)
         if self.crop_fill == "mean":
-            x = augment_batch(self.normalize(images), self.spec.crop_padding, self.spec.flip, generator)
-            return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+            return channels_last(augment_batch(self.normalize(images), self.spec.crop_padding, self.spec.flip,
+                                               generator))
         return self.normalize(augment_batch(images, self.spec.crop_padding, self.spec.flip, generator))
 
     def __len__(self) -> int:

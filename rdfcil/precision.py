@@ -39,6 +39,12 @@ def fp32_section(device: torch.device):
     return torch.autocast(torch.device(device).type, enabled=False)
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A CUDA image batch in channels-last layout, the one the model's weights use there
+    (:func:`memory_format_for`); a CPU batch unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
 def memory_format_for(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Channels-last weights on CUDA (faster convolutions with cuDNN); unchanged elsewhere."""
     return model.to(memory_format=torch.channels_last) if torch.device(device).type == "cuda" else model

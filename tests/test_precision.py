@@ -43,3 +43,13 @@ def test_bf16_and_fp32_training_agree_within_tolerance():
     assert len(fp32) == 3
     assert fp32[0] == pytest.approx(bf16[0], rel=TOLERANCE)
     assert fp32[-1] < fp32[0] and bf16[-1] < bf16[0]
+
+
+def test_channels_last_only_on_cuda():
+    from rdfcil.precision import channels_last, memory_format_for
+    x = torch.randn(2, 3, 4, 4)
+    assert channels_last(x) is x  # a CPU batch is left as it is
+    conv = torch.nn.Conv2d(3, 4, 3)
+    assert memory_format_for(conv, torch.device("cpu")) is conv and conv.weight.is_contiguous()
+    if torch.cuda.is_available():
+        assert channels_last(x.cuda()).is_contiguous(memory_format=torch.channels_last)
