@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import method_names, resolve
-from .engine import run
 from .runs import Results, run_name
 from . import tables
 
@@ -24,10 +23,8 @@ def sweep(dataset: str, methods, seeds, out: str | Path, overrides: dict | None 
                for m in methods for s in seeds]
     for c in configs:
         c.out = str(out / run_name(c))
-    if jobs == 0:
-        return [run(c, force=force) for c in configs]  # all validated before the first run starts
-    from .sweep import run_all
-    return run_all(configs, jobs=jobs, force=force)
+    from .sweep import run_grid
+    return run_grid(configs, jobs=jobs, force=force)
 
 
 def bench_accuracy(dataset: str, seeds, out: str | Path, methods=None, overrides: dict | None = None,

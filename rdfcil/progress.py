@@ -74,7 +74,9 @@ class LineBar:
         self.postfix = text
 
     def write(self, line: str, file=None) -> None:
-        print(line, file=file or self.out or sys.stdout)
+        """Print ``line`` on the bar's one stream (stdout by default; ``file`` is ignored), so that
+        a saved notebook keeps the lines in the order they were written."""
+        print(line, file=self.out or sys.stdout, flush=True)
 
     def close(self, line: str | None = None) -> None:
         """Print ``line``, by default the bar's state: ``<description>: <n>/<total> <unit> in <s> s``."""

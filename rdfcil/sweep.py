@@ -119,6 +119,14 @@ def task_of(c: Config) -> str:
     return f"task {min(done + 1, c.num_tasks)}/{c.num_tasks}"
 
 
+def finished_line(outcome: "Outcome") -> str:
+    """``finished <run>: final <A_T> %, <s> s``: a line per run that ended well."""
+    r = outcome.results.data
+    seconds = r.get("wall_seconds_total")
+    return (f"finished {outcome.name}: final {r['final_accuracy']:.2f} %"
+            + (f", {seconds:.0f} s" if seconds is not None else ""))
+
+
 def error_line(stderr: str, returncode: int) -> str:
     """The child's ``error: ...`` line, else its last line, with the exit status."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
@@ -215,6 +223,7 @@ def run_pool(configs: list[Config], jobs: int | None = None, force: bool = False
                     stderr.close()
                     if process.returncode == 0:
                         outcomes[i] = Outcome(configs[i], Results.load(configs[i].out))
+                        display.say(finished_line(outcomes[i]))
                     else:
                         failed += 1
                         outcomes[i] = Outcome(configs[i], error=error_line(text, process.returncode))
@@ -300,6 +309,7 @@ def run_submitit(configs: list[Config], kind: str = "slurm", force: bool = False
                 try:
                     job.result()
                     outcomes[i] = Outcome(configs[i], Results.load(configs[i].out))
+                    display.say(finished_line(outcomes[i]))
                 except Exception as err:  # submitit wraps the job's exception with its log
                     failed += 1
                     outcomes[i] = Outcome(configs[i], error=job_error(err))
@@ -338,6 +348,16 @@ def execute(configs, jobs: int | None = None, executor: str = "pool", force: boo
             raise RdfcilError(f"{', '.join(cluster)} apply to executor 'slurm' or 'local', not 'pool'")
         return run_pool(configs, jobs, force, progress)
     return run_submitit(configs, executor, force, progress, jobs=jobs, **cluster)
+
+
+def run_grid(configs, jobs: int | None = None, force: bool = False, progress: bool = True) -> list[Results]:
+    """Every run's Results, in order: ``jobs`` runs at a time per device as separate processes
+    (:func:`run_all`; None: 1 on the CPU, 4 per GPU), or with ``jobs=0`` one after another in this
+    process (each with its own progress bar). Every config is validated before the first run."""
+    if jobs == 0:
+        from .engine import run
+        return [run(c, force=force) for c in checked(configs)]
+    return run_all(configs, jobs=jobs, force=force, progress=progress)
 
 
 def run_all(configs, jobs: int | None = None, executor: str = "pool", force: bool = False, progress: bool = True,

@@ -128,7 +128,11 @@ def test_reproduce_on_a_tiny_fashion_mnist_budget(tmp_path):
                       if o.output_type == "stream")
     assert "backbone: runs 'resnet8' (finetune, rdfcil) | paper 'resnet32' (finetune, rdfcil)" in printed
     assert "epochs: runs 2 (finetune, rdfcil) | paper 250 (finetune); 200 (rdfcil)" in printed  # above the table
-    assert printed.count("trained ") == 2 and "phases in " in printed  # a run's progress: one line where nobody watches
+    finished = [line for line in printed.splitlines() if line.startswith("finished ")]  # a line per run
+    assert sorted(line.split(":")[0] for line in finished) == ["finished finetune-2tasks-seed0",
+                                                               "finished rdfcil-2tasks-seed0"]
+    assert f"finished rdfcil-2tasks-seed0: final {results['rdfcil']['final_accuracy']:.2f} %" in printed
+    assert printed.count("sweep: 2/2 run in ") == 1 and "running 0, failed 0" in printed  # the grid: one line
     assert "widgets" not in executed.metadata  # no widget state saved with the notebook
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
                 if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
@@ -172,16 +176,18 @@ def test_reproduce_through_the_papermill_command_line_with_string_lists(tmp_path
     common = ["-p", "out_dir", str(runs), "-p", "figures_dir", str(figures), "-p", "device", "cpu", "--cwd", str(ROOT)]
     first = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "reproduce.ipynb"),
                             str(tmp_path / "p.ipynb"), "-p", "dataset", "digits", "-p", "methods", '["finetune", "lwf"]',
-                            "-p", "task_counts", "[2]", "-p", "seeds", "[0]", "-p", "overrides", budget, *common],
+                            "-p", "task_counts", "[2]", "-p", "seeds", "[0]", "-p", "overrides", budget,
+                            "-p", "jobs", "2", *common],
                            capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     table = (figures / "digits" / "reproduction.md").read_text()
     assert "| Finetune | 2 × 5 | 1 |" in table and "| LwF | 2 × 5 | 1 |" in table
     executed = nbformat.read(tmp_path / "p.ipynb", as_version=4)
-    cell = next(c for c in executed.cells if c.cell_type == "code" and "rdfcil.run(c) for c in configs" in c.source)
-    lines = "".join(o.get("text", "") for o in cell.outputs).splitlines()  # the progress: a line per run, no widget
-    assert {o.output_type for o in cell.outputs} == {"stream"} and len(lines) == 2
-    assert all(line.startswith("trained ") and " phases in " in line for line in lines), lines
+    cell = next(c for c in executed.cells if c.cell_type == "code" and "sweep.run_grid(configs, jobs=jobs)" in c.source)
+    lines = "".join(o.get("text", "") for o in cell.outputs).splitlines()  # a line per run and one for the grid, no widget
+    assert {o.output_type for o in cell.outputs} == {"stream"} and len(lines) == 3, lines
+    assert sorted(line.split(":")[0] for line in lines[:2]) == ["finished finetune-2tasks-seed0", "finished lwf-2tasks-seed0"]
+    assert lines[2].startswith("sweep: 2/2 run in ") and lines[2].endswith("running 0, failed 0"), lines
     (tmp_path / "params.yaml").write_text("dataset: digits\nmethods: [finetune, lwf]\ntask_counts: [2]\n"
                                           f"overrides: {budget}\n")
     (figures / "digits" / "reproduction.md").unlink()
