@@ -2,7 +2,8 @@
 
 With no data set needed, it writes learnable stand-ins of CIFAR-100 (torchvision's pickles) and
 Tiny-ImageNet-200 (its folder layout) to a temporary folder, then on the device: every method
-end to end on the paper preset with a short budget, a Tiny-ImageNet run (the streaming
+end to end on the paper preset with a short budget, R-DFCIL again with whole-step graphs
+(``graphs: true``), a Tiny-ImageNet run (the streaming
 pipeline), a run killed with SIGKILL after its first task and resumed, bench-speed in fp32 and
 bf16, and the reproduce notebook through papermill. Each step is timed and reported as
 ``pass`` or its one-line error; the exit status is 1 if any step failed.
@@ -88,7 +89,23 @@ def run_step(overrides: dict, out: Path):
     info = (f"final {results.final_accuracy:.1f} % of {seen} classes (chance {100 / seen:.1f}); "
             f"train {train:.1f} s, inversion {inversion:.1f} s")
     return info, {"final_accuracy": results.final_accuracy, "accuracy_matrix": results.accuracy_matrix,
-                  "chance": 100 / seen}
+                  "chance": 100 / seen, "train_s": train, "inversion_s": inversion}
+
+
+def graphs_step(overrides: dict, out: Path, reference: dict | None):
+    """The R-DFCIL run again with ``graphs: true``: whole-step graphs on CUDA (compilation
+    included in its times), the same code eagerly elsewhere, where the numbers must be the plain
+    run's."""
+    import torch
+    info, data = run_step({**overrides, "graphs": True}, out)
+    if reference is None:
+        return info + "; no plain run to compare with", data
+    same = data["accuracy_matrix"] == reference["accuracy_matrix"]
+    if torch.device(overrides["device"]).type != "cuda" and not same:
+        raise RdfcilError("graphs: true changed the numbers off CUDA, where it runs the plain path "
+                          f"(final {data['final_accuracy']:.2f} against {reference['final_accuracy']:.2f} %)")
+    return (f"{info}; without graphs: train {reference['train_s']:.1f} s, inversion {reference['inversion_s']:.1f} s, "
+            f"final {reference['final_accuracy']:.1f} %; same numbers: {'yes' if same else 'no'}"), data
 
 
 def kill_and_resume(overrides: dict, out: Path, reference: dict | None):
@@ -187,6 +204,8 @@ def check(device: str = "auto", budget: str | None = None, out: str | None = Non
         step = add(timed(f"{method}, cifar100 paper preset", lambda: run_step(overrides, runs / method)))
         if method == "rdfcil" and step.ok:
             reference = step.data
+    add(timed("rdfcil, graphs: true", lambda: graphs_step(run_overrides(budget, str(resolved), root, "cifar100", "rdfcil"),
+                                                          runs / "rdfcil-graphs", reference)))
     tiny = run_overrides(budget, str(resolved), root, "tiny-imagenet200", "rdfcil")
     add(timed("rdfcil, tiny-imagenet200 paper preset", lambda: run_step(tiny, runs / "tiny-rdfcil")))
     rdfcil = run_overrides(budget, str(resolved), root, "cifar100", "rdfcil")

@@ -126,6 +126,7 @@ class Config:
     progress: bool = True
     logger: str = "tensorboard"  # tensorboard: <out>/tb/ (nothing logged if the package is missing) | none
     log_interval: int = 50  # loss terms and lr to the logger every log_interval steps
+    sync_interval: int = 50  # steps between reading the loss terms back to the host (finite check, history, bar)
     notes: str = ""  # free text, e.g. why a preset departs from the paper
 
     def to_dict(self) -> dict:
@@ -370,7 +371,7 @@ def validate(c: Config) -> None:
            f"head_init_std must be positive or none, got {c.head_init_std!r}")
     _check(c.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got '{c.precision}'")
     _check(c.logger in ("tensorboard", "none"), f"logger must be tensorboard or none, got '{c.logger}'")
-    for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size", "log_interval"):
+    for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size", "log_interval", "sync_interval"):
         value = getattr(c, name)
         _check(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
     for name in ("lr", "refine_lr", "inversion_lr"):

@@ -189,13 +189,22 @@ class TensorImages(LabelledImages):
         """Yield ``(x, y)`` float batches of the images in ``classes``."""
         index = self.indices(classes)
         if shuffle:
-            index = index[torch.randperm(len(index), generator=generator, device="cpu").to(self.device)]
+            index = index[host_to_device(torch.randperm(len(index), generator=generator, device="cpu"), self.device)]
         stop = len(index) - (len(index) % batch_size if drop_last and len(index) > batch_size else 0)
         for start in range(0, stop, batch_size):
             chosen = index[start:start + batch_size]
             images = self.images[chosen]
             x = self.augmented(images, generator) if augment else self.normalize(images)
             yield x, self.labels[chosen]
+
+
+def host_to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor``, drawn on the host (the run's CPU generator), on ``device``. On CUDA the copy is
+    from pinned memory and asynchronous, so the host does not wait for the GPU's queue (a plain
+    ``.to("cuda")`` of pageable memory may); elsewhere ``tensor.to(device)``."""
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def color_jitter(images: torch.Tensor, brightness: float = 63 / 255, contrast: float = 0.8,
@@ -207,9 +216,9 @@ def color_jitter(images: torch.Tensor, brightness: float = 63 / 255, contrast: f
     between the two, unlike PIL)."""
     n, device = len(images), images.device
     x = images.float()
-    b = torch.empty(n).uniform_(max(0.0, 1 - brightness), 1 + brightness, generator=generator).to(device)
-    c = torch.empty(n).uniform_(max(0.0, 1 - contrast), 1 + contrast, generator=generator).to(device)
-    contrast_first = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
+    b = host_to_device(torch.empty(n).uniform_(max(0.0, 1 - brightness), 1 + brightness, generator=generator), device)
+    c = host_to_device(torch.empty(n).uniform_(max(0.0, 1 - contrast), 1 + contrast, generator=generator), device)
+    contrast_first = host_to_device(torch.rand(n, generator=generator) < 0.5, device)[:, None, None, None]
     b, c = b[:, None, None, None], c[:, None, None, None]
 
     def bright(t):
@@ -230,14 +239,14 @@ def augment_batch(images: torch.Tensor, padding: int, flip: bool,
     device = images.device
     if padding:
         padded = torch.nn.functional.pad(images, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        dy = host_to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), device)
+        dx = host_to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), device)
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
         images = padded[torch.arange(n, device=device)[:, None, None, None],
                         torch.arange(images.shape[1], device=device)[None, :, None, None], rows, cols]
     if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
+        mask = host_to_device(torch.rand(n, generator=generator) < 0.5, device)[:, None, None, None]
         images = torch.where(mask, images.flip(3), images)
     return images
 
@@ -285,7 +294,7 @@ class FolderImages(LabelledImages):
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
             on_device = augment and not self.random_resized(augment)
-            yield (self.augmented(images, generator) if on_device else self.normalize(images)), labels.to(self.device)
+            yield (self.augmented(images, generator) if on_device else self.normalize(images)), labels.to(self.device, non_blocking=True)
 
 
 class _FileDataset(torch.utils.data.Dataset):

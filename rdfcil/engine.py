@@ -9,6 +9,7 @@ gives the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -20,13 +21,14 @@ from .config import Config, resolve
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed, pick_device
 from .errors import RdfcilError
-from .graphs import step_function
+from .graphs import fused_optimizer, step_function
 from .lock import folder_lock, rank_zero
 from .methods import Method, Phase, Task, build_method
 from .metrics import confusion_matrix
 from .nets import model_for
 from .precision import autocast_for, memory_format_for
 from .progress import RunProgress
+from .steprecord import StepRecord
 from .runs import Results, add_task_metrics, default_out, new_record, prepare_folder, restore, save_task
 from .tblog import NullLogger, every, make_logger, synthetic_grid
 
@@ -54,15 +56,16 @@ class FiniteCheck:
     def __init__(self, task: int, phase: str, last_checkpoint: str | None):
         self.task, self.phase, self.last = task, phase, last_checkpoint
 
-    def __call__(self, step: int, terms: dict) -> None:
-        total = sum(terms.values()) if "total" not in terms else terms["total"]
-        if torch.isfinite(total).item():
+    def __call__(self, step: int, terms: dict[str, float]) -> None:
+        """``terms``: the step's loss terms as floats (read back by a :class:`StepRecord`)."""
+        total = float(sum(terms.values()) if "total" not in terms else terms["total"])
+        if math.isfinite(total):
             return
-        bad = [name for name, value in terms.items() if name != "total" and not torch.isfinite(value).item()]
+        bad = [name for name, value in terms.items() if name != "total" and not math.isfinite(float(value))]
         kept = f"the checkpoint of the last finished task ({self.last}) is intact" if self.last else \
             "no task had finished"
         raise RdfcilError(f"non-finite loss in task {self.task}, phase '{self.phase}', step {step}: "
-                          f"term {', '.join(bad) or 'total'} = {float(total.detach())}; {kept}; lower the learning rate")
+                          f"term {', '.join(bad) or 'total'} = {total}; {kept}; lower the learning rate")
 
 
 # --------------------------------------------------------------------------- training
@@ -78,16 +81,18 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
                 log_offset: int = 0) -> dict[str, list[float]]:
     """SGD (momentum, weight decay) over ``phase.parameters``; returns per-epoch mean terms.
     Under ``torchrun`` each process trains on its shard of every batch, gradients averaged.
-    Every ``config.log_interval`` steps the terms (the floats already taken for the history)
-    and the lr go to ``logger`` as ``train/<phase>/<term>`` at step ``log_offset + step``."""
+    The terms stay on the device and are read back every ``config.sync_interval`` steps and at
+    each epoch's end (:class:`StepRecord`: no host sync inside a step); then the finite check
+    runs, and every ``config.log_interval``-th step's terms and lr go to ``logger`` as
+    ``train/<phase>/<term>`` at step ``log_offset + step``."""
     ddp = ddp or Distributed()
     logger = logger or NullLogger()
     interval = max(config.log_interval, 1)
     optimizer = torch.optim.SGD(phase.parameters, lr=phase.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, **fused_optimizer(model.device, config.graphs))
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
     augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
-    check = FiniteCheck(task, phase.name, last_checkpoint)
+    record = StepRecord(config.sync_interval, FiniteCheck(task, phase.name, last_checkpoint))
     autocast = autocast_for(model.device, config.precision)
     steps_per_epoch = bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
     description = f"task {task} (of {config.num_tasks}) {phase.name}"
@@ -103,28 +108,33 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
             module.train()
         sums: dict[str, float] = {}
         batches = 0
+
+        def take(flushed) -> None:  # the floats of a block of steps: epoch sums, logger, bar
+            for at, values in flushed:
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                if logger.enabled and at % interval == 0:
+                    prefix = f"train/{phase.name}/"
+                    logger.scalars({**{prefix + k: v for k, v in values.items()}, prefix + "total": sum(values.values()),
+                                    prefix + "lr": schedule.get_last_lr()[0]}, log_offset + at)
+            if flushed and bar is not None:
+                bar.set_postfix(loss=f"{sum(flushed[-1][1].values()):.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}")
+
         for x, y in bench.train.batches(phase.classes, config.batch_size, shuffle=True, augment=augment,
                                         generator=generator, drop_last=True):
             with autocast:
                 terms = step_loss(ddp.shard(x), ddp.shard(y))
             total = sum(terms.values())
-            check(step, {**terms, "total": total})
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             ddp.average_gradients(phase.parameters)
             optimizer.step()
-            values = {name: float(value.detach()) for name, value in terms.items()}
-            for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + value
-            if logger.enabled and step % interval == 0:
-                prefix = f"train/{phase.name}/"
-                logger.scalars({**{prefix + k: v for k, v in values.items()}, prefix + "total": sum(values.values()),
-                                prefix + "lr": schedule.get_last_lr()[0]}, log_offset + step)
+            take(record.add(step, terms))
             batches += 1
             step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{sum(values.values()):.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}", refresh=False)
+        take(record.flush())
         schedule.step()
         if phase.on_epoch_end is not None:
             phase.on_epoch_end()

@@ -139,10 +139,11 @@ def class_balance_loss(logits: torch.Tensor) -> torch.Tensor:
     return 1.0 + (p * torch.log(p.clamp_min(1e-12))).sum() / math.log(k)
 
 
-def published_blur_kernel(channels: int) -> torch.Tensor:
+def published_blur_kernel(channels: int, device=None) -> torch.Tensor:
     """The published 5x5 'sigma 1' kernel: ``exp(-((i - 2) / (2 sigma))^2)`` per axis, outer
-    product, normalised to sum 1 (a Gaussian of standard deviation sqrt(2)); depthwise."""
-    axis = torch.exp(-((torch.arange(5, dtype=torch.float32) - 2) / 2.0) ** 2)
+    product, normalised to sum 1 (a Gaussian of standard deviation sqrt(2)); depthwise. Made on
+    ``device`` (no host-to-device copy in a step)."""
+    axis = torch.exp(-((torch.arange(5, dtype=torch.float32, device=device) - 2) / 2.0) ** 2)
     kernel = torch.outer(axis, axis)
     kernel = kernel / kernel.sum()
     return kernel.expand(channels, 1, 5, 5).contiguous()
@@ -152,7 +153,7 @@ def published_blur_kernel(channels: int) -> torch.Tensor:
 def smoothness_loss(images: torch.Tensor) -> torch.Tensor:
     """``MSE(x, blur(x))``, blur = the published kernel on the image reflect-padded by 2."""
     channels = images.shape[1]
-    kernel = published_blur_kernel(channels).to(images.device)
+    kernel = published_blur_kernel(channels, images.device)
     padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect")
     return F.mse_loss(images.float(), F.conv2d(padded, kernel, groups=channels))
 
@@ -180,39 +181,53 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 def train_generator(generator: Generator, old_model: nn.Module, steps: int, batch_size: int,
                     lr: float, weights: dict, progress=None, check=None,
-                    precision: str = "fp32", optimizer: torch.optim.Optimizer | None = None) -> dict[str, list[float]]:
+                    precision: str = "fp32", optimizer: torch.optim.Optimizer | None = None,
+                    graphs: bool = False, sync_interval: int = 50) -> dict[str, list[float]]:
     """Train ``generator`` for ``steps`` Adam steps against the frozen ``old_model``.
 
     ``optimizer``: an Adam over the generator's parameters to go on with (the ABD repository
     carries one generator and its optimiser from task to task); None makes a fresh one.
+    ``graphs``: the step's forward (generator, old model with its BatchNorm hooks, the four
+    terms) and backward in :func:`graphs.step_function`, Adam fused, on CUDA. The terms stay on
+    the device and are read back every ``sync_interval`` steps (:class:`StepRecord`).
 
     Returns the history of each loss term (weighted) and of their total. ``progress`` is an
-    optional tqdm-like bar; ``check(step, terms)`` may raise on a non-finite loss.
+    optional tqdm-like bar; ``check(step, terms)`` (floats) may raise on a non-finite loss.
     """
+    from .graphs import fused_optimizer, step_function
+    from .steprecord import StepRecord
     device = next(generator.parameters()).device
     autocast = autocast_for(device, precision)
-    optimizer = optimizer or torch.optim.Adam(generator.parameters(), lr=lr)
+    optimizer = optimizer or torch.optim.Adam(generator.parameters(), lr=lr, **fused_optimizer(device, graphs))
     history: dict[str, list[float]] = {k: [] for k in ("content", "balance", "smoothness", "bn_stats", "total")}
+    record = StepRecord(sync_interval, check)
     generator.train()
     old_model.eval()
+
+    def take(flushed) -> None:
+        for _, terms in flushed:
+            for name, value in terms.items():
+                history[name].append(value)
+        if flushed and progress is not None:
+            progress.set_postfix(loss=f"{history['total'][-1]:.3f}", bn=f"{history['bn_stats'][-1]:.3f}")
+
     with BatchNormStatistics(old_model) as stats:
+        def step_loss(z: torch.Tensor) -> dict:
+            images = generator(z)
+            return inversion_losses(images, old_model(images), stats, weights)
+        step_loss = step_function(step_loss, device, graphs)
         for step in range(steps):
+            z = generator.sample_z(batch_size, device)
             with autocast:
-                images = generator(generator.sample_z(batch_size, device))
-                terms = inversion_losses(images, old_model(images), stats, weights)
+                terms = step_loss(z)
             total = sum(terms.values())
-            if check is not None:
-                check(step, {**terms, "total": total})
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            for name, value in terms.items():
-                history[name].append(float(value.detach()))
-            history["total"].append(float(total.detach()))
+            take(record.add(step, {**terms, "total": total}))
             if progress is not None:
                 progress.update(1)
-                if step % 10 == 0 or step == steps - 1:
-                    progress.set_postfix(loss=f"{history['total'][-1]:.3f}", bn=f"{history['bn_stats'][-1]:.3f}")
+        take(record.flush())
     generator.eval()
     return history
 
@@ -253,6 +268,6 @@ class SyntheticReplay:
             drawn = sample(self.generator, self.old_model, self.batch_size, self.batch_size)
         else:
             images, labels, logits = self.pool
-            pick = torch.randint(0, len(labels), (self.batch_size,)).to(labels.device)
+            pick = torch.randint(0, len(labels), (self.batch_size,), device=labels.device)
             drawn = images[pick], labels[pick], logits[pick]
         return tuple(self.shard(t) for t in drawn)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import losses as L
+from .graphs import fused_optimizer
 from .inversion import (Generator, SyntheticReplay, build_generator, class_coverage, frozen_copy, sample,
                         train_generator)
 from .nets import model_for
@@ -203,7 +204,8 @@ class InversionReplay:
         c = self.config
         generator = build_generator(c, self.spec, self.device)
         if self.carry:
-            self.optimizer = torch.optim.Adam(generator.parameters(), lr=c.inversion_lr)
+            self.optimizer = torch.optim.Adam(generator.parameters(), lr=c.inversion_lr,
+                                              **fused_optimizer(self.device, c.graphs))
         return generator
 
     def begin_task(self, task: Task, old_model: nn.Module | None) -> None:
@@ -225,7 +227,7 @@ class InversionReplay:
         bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
         history = train_generator(self.generator, old_model, c.inversion_steps,
                                   c.inversion_batch_size or c.batch_size, c.inversion_lr, weights, bar, check,
-                                  c.precision, self.optimizer)
+                                  c.precision, self.optimizer, c.graphs, c.sync_interval)
         if bar is not None:
             bar.close()
         _, labels, _ = sample(self.generator, old_model, c.coverage_samples)
@@ -503,7 +505,7 @@ class ClassCounts:
         self.per_step = per_step
 
     def add(self, labels: torch.Tensor) -> None:
-        self.counts.add_(torch.bincount(labels, minlength=len(self.counts)).float())
+        self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=self.counts.dtype))  # bincount syncs on CUDA
         if self.per_step:
             self.weights = L.class_weights(self.counts)
 

@@ -32,7 +32,7 @@ from .version import __version__
 
 # Keys that do not change a run's numbers; every other key must match to resume or reuse a run.
 OPERATIONAL_KEYS = {"out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root", "logger",
-                    "log_interval"}
+                    "log_interval", "sync_interval"}
 
 
 # --------------------------------------------------------------------------- where a run lives

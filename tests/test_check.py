@@ -50,7 +50,7 @@ def test_check_passes_every_step_and_prints_one_table(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "check.json").read_text())
     names = [s["name"] for s in report["steps"]]
-    assert len(names) == 12 and all(s["ok"] for s in report["steps"]), names
+    assert len(names) == 13 and all(s["ok"] for s in report["steps"]), names
     for method in ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil"):
         assert f"{method}, cifar100 paper preset" in names
     steps = {s["name"]: s for s in report["steps"]}
@@ -58,9 +58,10 @@ def test_check_passes_every_step_and_prints_one_table(tmp_path):
     assert resume["killed_after"] in (1, 2)
     if TEST_DEVICE == "cpu":  # bit-identical on the CPU with the same thread count
         assert resume["same_as_uninterrupted"] is True
+        assert "same numbers: yes" in steps["rdfcil, graphs: true"]["info"]  # graphs run eagerly off CUDA
     assert steps["bench-speed bf16"]["data"]["precision"] == "bf16"
     table = done.stdout[done.stdout.index("| step |"):]
-    assert table.count("| pass |") == 12 and "12 of 12 steps passed" in done.stdout
+    assert table.count("| pass |") == 13 and "13 of 13 steps passed" in done.stdout
 
 
 def test_check_refuses_extra_options():

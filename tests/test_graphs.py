@@ -18,8 +18,9 @@ TINY = {"dataset": "digits", "tasks": 2, "backbone": "resnet8", "epochs": 2, "re
 
 def losses(folder):
     history = json.loads((folder / "history.json").read_text())
-    return {(t, phase, term): values for t, task in enumerate(history["tasks"])
-            for phase, terms in task["phases"].items() for term, values in terms.items()}
+    phases = [(t, phase, terms) for t, task in enumerate(history["tasks"])
+              for phase, terms in {**task["phases"], "inversion": task.get("inversion", {})}.items()]
+    return {(t, phase, term): values for t, phase, terms in phases for term, values in terms.items()}
 
 
 def test_switch_is_eager_off_cuda_and_compiles_on_cuda(monkeypatch):
@@ -46,6 +47,17 @@ def test_traced_steps_give_the_plain_losses(tmp_path, monkeypatch, method):
     assert compiled and all(kw["backend"] == "eager" for kw in compiled)  # every phase went through Dynamo
     a, b = losses(tmp_path / "plain"), losses(tmp_path / "traced")
     assert a.keys() == b.keys() and len(a) >= 2
+    phases = {phase for _, phase, _ in a}
+    assert phases == ({"base", "rrl", "refine", "inversion"} if method == "rdfcil" else {"base", "train"})
+    if method == "rdfcil":  # base, rrl, refinement and the inversion's step each went through Dynamo
+        assert len(compiled) == 4 and len(a[(0, "inversion", "bn_stats")]) == TINY["inversion_steps"]
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=str(key))
     np.testing.assert_allclose(traced.accuracy_matrix[-1], plain.accuracy_matrix[-1], atol=2.0)
+
+
+def test_fused_optimiser_only_with_graphs_on_cuda():
+    assert graphs.fused_optimizer(torch.device("cuda"), True) == {"fused": True}
+    assert graphs.fused_optimizer("cuda:1", True) == {"fused": True}
+    assert graphs.fused_optimizer(torch.device("cuda"), False) == {}
+    assert graphs.fused_optimizer(torch.device("cpu"), True) == {} == graphs.fused_optimizer("meta", True)
