@@ -1,14 +1,19 @@
 """Whole-step graphs (``graphs: true``): each phase's step captured once, replayed by the GPU.
 
 A ResNet-32 step at batch 128 is hundreds of small kernels, each launched by the host. With
-``graphs`` the phase's loss (the forward of every model the step runs, and through AOTAutograd
-its backward) is wrapped in ``torch.compile(mode="reduce-overhead")``, which records CUDA graphs
-of the static-shape step (training batches have one size: ``drop_last``) and replays them.
-The engine keeps ``.item()`` and the finite-loss check outside the wrapped function; Python-side
-work in a method's loss (drawing the synthetic batch, counting labels) becomes a graph break,
-not a wrong result. Off CUDA the switch runs eagerly (``OFF_CUDA_BACKEND`` None): CPU inductor
-compiles for minutes and CUDA graphs do not exist there. Tests set ``OFF_CUDA_BACKEND = "eager"``
-to run the same Dynamo tracing on the CPU and compare the losses with the plain path.
+``graphs`` the step's loss (the forward of every model the step runs: base, RRL, refinement,
+and the inversion's generator and old model with its BatchNorm-statistics hooks; through
+AOTAutograd its backward too) is wrapped in ``torch.compile(mode="reduce-overhead")``, which
+records CUDA graphs of the static-shape step (training batches have one size: ``drop_last``;
+the synthetic batch has a fixed size) and replays them. The optimiser's update is one fused
+kernel (SGD and Adam with ``fused=True``, :func:`fused_optimizer`), not part of the graph.
+Nothing in a step reads a tensor back to the host: the loss terms are read in blocks
+(:class:`steprecord.StepRecord`, ``sync_interval``), class counts are kept by ``index_add_``
+on the device, and host-drawn random numbers are copied asynchronously. Python-side work in a
+method's loss (drawing the synthetic batch) becomes a graph break, not a wrong result. Off
+CUDA the switch runs eagerly (``OFF_CUDA_BACKEND`` None): CPU inductor compiles for minutes
+and CUDA graphs do not exist there. Tests set ``OFF_CUDA_BACKEND = "eager"`` to run the same
+Dynamo tracing on the CPU and compare the losses of every phase with the plain path.
 """
 
 from __future__ import annotations
