@@ -112,3 +112,24 @@ def test_cpu_checkpoint_opens_on_the_device_through_analysis(cpu_run):
     model, generator = view.model(1), view.generator(0)
     assert model.head.num_classes == 10 and misplaced(model, META) == []
     assert misplaced(generator, META) == []
+
+
+def test_step_tensors_are_made_on_the_device():
+    """What a step makes itself (issue 14's sync-free step): the host-drawn augmentation numbers,
+    the blur kernel of the smoothness loss, the refinement's class counts."""
+    from rdfcil.data import augment_batch, color_jitter, host_to_device
+    from rdfcil.inversion import published_blur_kernel
+    from rdfcil.methods import ClassCounts
+    drawn = torch.tensor([3, 1, 2])
+    assert host_to_device(drawn, META).device == META and torch.equal(host_to_device(drawn, "cpu"), drawn)
+    images = torch.zeros(4, 3, 8, 8, device=META)
+    generator = torch.Generator().manual_seed(0)
+    assert augment_batch(images, 2, True, generator).device == META
+    assert color_jitter(images, generator=generator).device == META
+    assert published_blur_kernel(3, META).device == META  # smoothness_loss builds it on the images' device
+    counts = ClassCounts(10, META, per_step=True)
+    counts.add(torch.tensor([0, 3, 3], device=META))
+    assert counts.counts.device == META and counts.weights.device == META
+    cpu_counts = ClassCounts(5, "cpu")
+    cpu_counts.add(torch.tensor([0, 3, 3, 4]))
+    assert cpu_counts.counts.tolist() == [1.0, 0.0, 0.0, 2.0, 1.0]  # index_add_ counts as bincount did
