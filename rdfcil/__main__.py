@@ -94,7 +94,7 @@ def command_bench_accuracy(args, extra) -> None:
 
 def command_bench_speed(args, extra) -> None:
     from .speed import bench_speed
-    bench_speed(args.dataset, split_overrides(extra), args.out, args.steps, args.workers, args.jobs)
+    bench_speed(args.dataset, split_overrides(extra), args.out, args.steps, args.workers, args.jobs, args.pick_precision)
 
 
 def command_check(args, extra) -> int:
@@ -128,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=10, help="timed steps per measure")
     s.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     s.add_argument("--out")
+    s.add_argument("--pick-precision", action="store_true",
+                   help="also time every phase in fp32 and bf16 and print the faster of each (phase_precision)")
     s.add_argument("--jobs", type=int, help="runs at a time for the projected whole table (default: 1 on the "
                                             "CPU, 4 per GPU)")
     c = sub.add_parser("check", help="every method, resume, bench-speed and the reproduce notebook on a device, "

@@ -5,7 +5,8 @@ Tiny-ImageNet-200 (its folder layout) to a temporary folder, then on the device:
 end to end on the paper preset with a short budget, R-DFCIL again with whole-step graphs
 (``graphs: true``), a Tiny-ImageNet run (the streaming
 pipeline), a run killed with SIGKILL after its first task and resumed, bench-speed in fp32 and
-bf16, and the reproduce notebook through papermill. Each step is timed and reported as
+bf16, every phase's step timed both ways under graphs (the faster precision of each, for
+``phase_precision``), and the reproduce notebook through papermill. Each step is timed and reported as
 ``pass`` or its one-line error; the exit status is 1 if any step failed.
 
 Budgets: ``full`` (the default on CUDA; fits in 10 minutes on one GPU) and ``small`` (the
@@ -155,6 +156,20 @@ def speed_step(precision: str, device: str, root: Path, out: Path, steps: int, o
     return info, m
 
 
+def precision_step(device: str, root: Path, steps: int, overrides: dict):
+    """Every phase timed in fp32 and bf16 with ``graphs: true`` (``bench-speed --pick-precision``)
+    on the CIFAR-100 stand-in: the per-phase ``phase_precision`` for this device."""
+    from .config import resolve
+    from .speed import pick_precision
+    config = resolve({"preset": "paper", **overrides, "dataset": "cifar100", "method": "rdfcil", "data_root": str(root),
+                      "device": device, "num_tasks": 10, "graphs": True, "progress": False})
+    p = pick_precision(config, steps)
+    s = p["seconds"]
+    info = "; ".join(f"{phase} {pick} ({1000 * s['fp32'][phase]:.1f} fp32, {1000 * s['bf16'][phase]:.1f} bf16 ms)"
+                     for phase, pick in p["pick"].items())
+    return info + "; --phase-precision " + ",".join(f"{k}={v}" for k, v in p["pick"].items()), p
+
+
 def notebook_step(device: str, root: Path, work: Path, budget: str):
     import papermill
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "reproduce.ipynb"
@@ -213,6 +228,8 @@ def check(device: str = "auto", budget: str | None = None, out: str | None = Non
     for precision in ("fp32", "bf16"):
         add(timed(f"bench-speed {precision}", lambda: speed_step(precision, str(resolved), root, work / f"speed-{precision}",
                                                                  plan["speed_steps"], plan["speed"])))
+    add(timed("precision per phase, graphs: true", lambda: precision_step(str(resolved), root, plan["speed_steps"],
+                                                                         plan["speed"])))
     add(timed("reproduce.ipynb through papermill", lambda: notebook_step(str(resolved), root, work, budget)))
     from .io import write_json
     write_json(work / "check.json", {"device": str(resolved), "budget": budget,

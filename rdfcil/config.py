@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import RdfcilError
+from .precision import PHASES, PRECISIONS
 
 BACKBONES = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet18")
 PRESETS = ("paper", "quick", "none")
@@ -120,6 +121,7 @@ class Config:
     # -- run --
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA and CPU)
+    phase_precision: dict = field(default_factory=dict)  # {phase: fp32|bf16} overriding precision (precision.py)
     compile: bool = False  # torch.compile the backbone
     graphs: bool = False  # each phase's step in torch.compile(mode="reduce-overhead") on CUDA (graphs.py)
     out: str | None = None
@@ -301,6 +303,8 @@ def coerce(key: str, value: Any) -> Any:
             raise RdfcilError(f"{key} cannot be read from '{value}' (write a list as [1, 2])") from None
         if isinstance(parsed, list):
             return parsed
+    if dict in kinds:
+        return parse_mapping(key, text)
     if bool in kinds:
         if text.lower() in ("true", "1", "yes", "on"):
             return True
@@ -314,6 +318,21 @@ def coerce(key: str, value: Any) -> Any:
             except ValueError:
                 raise RdfcilError(f"{key} must be {noun}, got '{value}'") from None
     return text
+
+
+def parse_mapping(key: str, text: str) -> dict:
+    """A mapping from the command line: YAML (``{rrl: fp32, base: bf16}``) or ``rrl=fp32,base=bf16``;
+    ``{}`` or an empty string for none."""
+    if "=" in text and not text.startswith("{"):
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        return {k.strip(): v.strip() for k, v in pairs}
+    try:
+        parsed = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise RdfcilError(f"{key} must be a mapping such as rrl=fp32,base=bf16 or '{{rrl: fp32}}', got '{text}'")
+    return parsed
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -369,7 +388,11 @@ def validate(c: Config) -> None:
         _check(getattr(c, name) in valid, f"unknown {name} '{getattr(c, name)}'; valid: {', '.join(valid)}")
     _check(c.head_init_std is None or c.head_init_std > 0,
            f"head_init_std must be positive or none, got {c.head_init_std!r}")
-    _check(c.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got '{c.precision}'")
+    _check(c.precision in PRECISIONS, f"precision must be fp32 or bf16, got '{c.precision}'")
+    _check(isinstance(c.phase_precision, dict), f"phase_precision must map phases to fp32 or bf16, got {c.phase_precision!r}")
+    for phase, value in c.phase_precision.items():
+        _check(phase in PHASES, f"phase_precision: unknown phase '{phase}'; valid: {', '.join(PHASES)}")
+        _check(value in PRECISIONS, f"phase_precision: {phase} must be fp32 or bf16, got '{value}'")
     _check(c.logger in ("tensorboard", "none"), f"logger must be tensorboard or none, got '{c.logger}'")
     for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size", "log_interval", "sync_interval"):
         value = getattr(c, name)

@@ -51,6 +51,7 @@ class DatasetSpec:
     in_memory: bool = True
     default_preset: str = "quick"  # the preset of a run that names none (notebooks, plans, bench-speed)
     class_names: tuple | None = None  # names of the original labels, where they have names
+    train_per_class: int = 500  # training images per class of the full set (the sweep's work estimate)
 
 
 # --------------------------------------------------------------------------- class orders
@@ -600,15 +601,18 @@ def _tiny_imagenet(root: Path, config):
 
 
 SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
-    DatasetSpec("digits", 8, 1, 10, (0.3051,), (0.3741,), 0, False, lambda root, c: load_digits_arrays()),
+    DatasetSpec("digits", 8, 1, 10, (0.3051,), (0.3741,), 0, False, lambda root, c: load_digits_arrays(),
+                train_per_class=126),
     DatasetSpec("fashion-mnist", 28, 1, 10, (0.2860,), (0.3530,), 2, True,
-                lambda root, c: load_fashion_mnist_arrays(root), class_names=FASHION_MNIST_NAMES),
+                lambda root, c: load_fashion_mnist_arrays(root), class_names=FASHION_MNIST_NAMES,
+                train_per_class=6000),
     DatasetSpec("cifar100", 32, 3, 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 4, True,
                 lambda root, c: load_cifar100_arrays(root), default_preset="paper"),
     DatasetSpec("tiny-imagenet200", 64, 3, 200, (0.4803, 0.4481, 0.3976), (0.2764, 0.2688, 0.2816), 4, True,
                 _tiny_imagenet, default_preset="paper"),  # JPEGs decoded once, cached as uint8
     DatasetSpec("imagenet100", 224, 3, 100, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 4, True,
-                lambda root, c: load_imagenet100_lists(root), in_memory=False, default_preset="paper"),
+                lambda root, c: load_imagenet100_lists(root), in_memory=False, default_preset="paper",
+                train_per_class=1300),
 )}
 
 

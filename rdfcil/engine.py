@@ -26,7 +26,7 @@ from .lock import folder_lock, rank_zero
 from .methods import Method, Phase, Task, build_method
 from .metrics import confusion_matrix
 from .nets import model_for
-from .precision import autocast_for, memory_format_for
+from .precision import autocast_for, memory_format_for, precision_of
 from .progress import RunProgress
 from .steprecord import StepRecord
 from .runs import Results, add_task_metrics, default_out, new_record, prepare_folder, restore, save_task
@@ -75,6 +75,28 @@ def phase_steps(phase: Phase, bench: Benchmark, config: Config) -> int:
     return phase.epochs * bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
 
 
+def training_step(phase: Phase, optimizer: torch.optim.Optimizer, device: torch.device, precision: str,
+                  graphs: bool, ddp: Distributed | None = None):
+    """One SGD step of ``phase`` as a function ``step(x, y) -> terms``: ``terms = phase.loss(x, y)``
+    under ``precision``'s autocast (in :func:`graphs.step_function` with ``graphs``), then
+    ``sum(terms).backward()``, gradients averaged over the processes, ``optimizer.step()``. The
+    terms are returned as device tensors (nothing read back to the host)."""
+    ddp = ddp or Distributed()
+    autocast = autocast_for(device, precision)
+    step_loss = step_function(phase.loss, device, graphs)  # whole-step graphs on CUDA
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict:
+        with autocast:
+            terms = step_loss(x, y)
+        total = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        ddp.average_gradients(phase.parameters)
+        optimizer.step()
+        return terms
+    return step
+
+
 def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator: torch.Generator,
                 task: int, progress, last_checkpoint: str | None,
                 ddp: Distributed | None = None, logger: NullLogger | None = None,
@@ -93,12 +115,11 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
     augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
     record = StepRecord(config.sync_interval, FiniteCheck(task, phase.name, last_checkpoint))
-    autocast = autocast_for(model.device, config.precision)
+    train_step = training_step(phase, optimizer, model.device, precision_of(config, phase.name), config.graphs, ddp)
     steps_per_epoch = bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
     description = f"task {task} (of {config.num_tasks}) {phase.name}"
     bar = progress(phase.epochs * steps_per_epoch, description) if progress else None
     history: dict[str, list[float]] = {}
-    step_loss = step_function(phase.loss, model.device, config.graphs)  # whole-step graphs on CUDA
     step = 0
     for epoch in range(phase.epochs):
         if bar is not None:
@@ -122,14 +143,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
 
         for x, y in bench.train.batches(phase.classes, config.batch_size, shuffle=True, augment=augment,
                                         generator=generator, drop_last=True):
-            with autocast:
-                terms = step_loss(ddp.shard(x), ddp.shard(y))
-            total = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            ddp.average_gradients(phase.parameters)
-            optimizer.step()
-            take(record.add(step, terms))
+            take(record.add(step, train_step(ddp.shard(x), ddp.shard(y))))
             batches += 1
             step += 1
             if bar is not None:

@@ -179,6 +179,35 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return old
 
 
+def generator_step(generator: Generator, old_model: nn.Module, stats: "BatchNormStatistics",
+                   optimizer: torch.optim.Optimizer, batch_size: int, weights: dict, precision: str = "fp32",
+                   graphs: bool = False):
+    """One inversion step as a function ``step() -> terms``: ``x = G(z)``, ``z ~ N(0, I)`` of
+    ``batch_size``; the four terms of :func:`inversion_losses` on ``M_old(x)`` and the BatchNorm
+    statistics ``stats`` gathered (under ``precision``'s autocast; in :func:`graphs.step_function`
+    with ``graphs``); ``L = sum(terms)`` backward, ``optimizer.step()``. Returns the terms and
+    ``total`` as device tensors."""
+    from .graphs import step_function
+    device = next(generator.parameters()).device
+    autocast = autocast_for(device, precision)
+
+    def step_loss(z: torch.Tensor) -> dict:
+        images = generator(z)
+        return inversion_losses(images, old_model(images), stats, weights)
+    step_loss = step_function(step_loss, device, graphs)
+
+    def step() -> dict:
+        z = generator.sample_z(batch_size, device)
+        with autocast:
+            terms = step_loss(z)
+        total = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return {**terms, "total": total}
+    return step
+
+
 def train_generator(generator: Generator, old_model: nn.Module, steps: int, batch_size: int,
                     lr: float, weights: dict, progress=None, check=None,
                     precision: str = "fp32", optimizer: torch.optim.Optimizer | None = None,
@@ -194,10 +223,9 @@ def train_generator(generator: Generator, old_model: nn.Module, steps: int, batc
     Returns the history of each loss term (weighted) and of their total. ``progress`` is an
     optional tqdm-like bar; ``check(step, terms)`` (floats) may raise on a non-finite loss.
     """
-    from .graphs import fused_optimizer, step_function
+    from .graphs import fused_optimizer
     from .steprecord import StepRecord
     device = next(generator.parameters()).device
-    autocast = autocast_for(device, precision)
     optimizer = optimizer or torch.optim.Adam(generator.parameters(), lr=lr, **fused_optimizer(device, graphs))
     history: dict[str, list[float]] = {k: [] for k in ("content", "balance", "smoothness", "bn_stats", "total")}
     record = StepRecord(sync_interval, check)
@@ -212,19 +240,9 @@ def train_generator(generator: Generator, old_model: nn.Module, steps: int, batc
             progress.set_postfix(loss=f"{history['total'][-1]:.3f}", bn=f"{history['bn_stats'][-1]:.3f}")
 
     with BatchNormStatistics(old_model) as stats:
-        def step_loss(z: torch.Tensor) -> dict:
-            images = generator(z)
-            return inversion_losses(images, old_model(images), stats, weights)
-        step_loss = step_function(step_loss, device, graphs)
+        inversion_step = generator_step(generator, old_model, stats, optimizer, batch_size, weights, precision, graphs)
         for step in range(steps):
-            z = generator.sample_z(batch_size, device)
-            with autocast:
-                terms = step_loss(z)
-            total = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            take(record.add(step, {**terms, "total": total}))
+            take(record.add(step, inversion_step()))
             if progress is not None:
                 progress.update(1)
         take(record.flush())

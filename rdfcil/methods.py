@@ -18,6 +18,7 @@ from .graphs import fused_optimizer
 from .inversion import (Generator, SyntheticReplay, build_generator, class_coverage, frozen_copy, sample,
                         train_generator)
 from .nets import model_for
+from .precision import precision_of
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Method:
     # R-DFCIL paper's table) or "abd" (the ABD repository's scripts, for the baselines it runs).
     preset_source = "rdfcil"
     keeps_old_model = False
+    trains_on_seen = False  # an incremental task trains on the real data of every seen class (Joint)
 
     def __init__(self, config, model: nn.Module, spec):
         self.config, self.model, self.spec = config, model, spec
@@ -227,7 +229,7 @@ class InversionReplay:
         bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
         history = train_generator(self.generator, old_model, c.inversion_steps,
                                   c.inversion_batch_size or c.batch_size, c.inversion_lr, weights, bar, check,
-                                  c.precision, self.optimizer, c.graphs, c.sync_interval)
+                                  precision_of(c, "inversion"), self.optimizer, c.graphs, c.sync_interval)
         if bar is not None:
             bar.close()
         _, labels, _ = sample(self.generator, old_model, c.coverage_samples)
@@ -276,6 +278,7 @@ class Joint(Method):
     name, label, color, rank = "joint", "Joint", "#228833", 90
     preset_source = "abd"
     keys = frozenset({"joint_from_scratch"})
+    trains_on_seen = True
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)

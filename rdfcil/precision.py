@@ -5,6 +5,11 @@ format of the model on the device.
 ``precision = bf16`` runs forwards under ``torch.autocast(device, bfloat16)`` on CUDA and on
 the CPU; ``fp32`` runs them as they are. Losses that compare distributions or relations
 (angles, distances, softmax divergences) run in fp32 whatever the autocast (:func:`fp32`).
+
+``phase_precision`` overrides ``precision`` for single phases (:data:`PHASES`): which of the two
+is faster differs from phase to phase and from device to device (a launch-bound step gains
+nothing from bf16 and pays its casts), so ``bench-speed --pick-precision`` times every phase's
+step both ways and prints the mapping that takes the faster of each (:func:`pick_fastest`).
 """
 from __future__ import annotations
 
@@ -14,6 +19,23 @@ from contextlib import nullcontext
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+# The phases a precision can be set for: the base task, a baseline's incremental training, the
+# R-DFCIL RRL and refinement phases, and the generator's inversion steps.
+PHASES = ("base", "train", "rrl", "refine", "inversion")
+
+
+def precision_of(config, phase: str) -> str:
+    """The precision of ``phase``: ``config.phase_precision[phase]`` where set, else
+    ``config.precision``."""
+    return (config.phase_precision or {}).get(phase, config.precision)
+
+
+def pick_fastest(seconds: dict[str, dict[str, float]]) -> dict[str, str]:
+    """``{phase: precision}`` taking, for each phase, the precision of the fewest seconds per step
+    in ``seconds[precision][phase]`` (fp32 on a tie: no casts)."""
+    phases = [p for p in PHASES if all(p in by_phase for by_phase in seconds.values())]
+    return {p: min(PRECISIONS, key=lambda precision: (seconds[precision][p], precision != "fp32"))
+            for p in phases if all(precision in seconds for precision in PRECISIONS)}
 
 
 def autocast_for(device: torch.device, precision: str):

@@ -20,12 +20,13 @@ from . import losses as L
 from .config import resolve
 from .data import dataset_spec, load_benchmark
 from .distributed import pick_device
-from .engine import evaluate, train_phase
-from .inversion import BatchNormStatistics, build_generator, frozen_copy, inversion_losses
+from .engine import evaluate, train_phase, training_step
+from .graphs import fused_optimizer
+from .inversion import BatchNormStatistics, build_generator, frozen_copy, generator_step, inversion_losses
 from .io import write_json
-from .methods import RDFCIL, Finetune, Task
+from .methods import ABD, RDFCIL, Finetune, Task
 from .nets import model_for
-from .precision import autocast_for
+from .precision import PRECISIONS, autocast_for, pick_fastest
 
 
 class Timer:
@@ -137,16 +138,10 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     out["conventional_workers"] = workers
 
     # 4. R-DFCIL: freeze, a generator, task 1's RRL and refinement steps and their parts
-    method = RDFCIL(config, model, spec)
-    method.old_model = frozen_copy(model)
-    method.inversion.generator = build_generator(config, spec, device).eval()
-    task1 = Task(1, bench.tasks[1], 2)
-    model.head.add_task(task1.n_new)
-    method.begin_task(task1)
+    method, task1, xr, yr = incremental_setup(RDFCIL, config, model, bench, generator)
     rrl, refine = method.phases(task1)
-    xr, yr = next(bench.train.batches(task1.classes, b, shuffle=True, augment=True, generator=generator))
-    out.update(time_rrl(model, method, rrl, refine, xr, yr, task1, timer, autocast, steps))
-    out.update(time_inversion(method, config, spec, device, timer, autocast, steps))
+    out.update(time_rrl(model, method, rrl, refine, xr, yr, timer, config.precision, config.graphs, steps))
+    out.update(time_inversion(method, config, spec, device, timer, config.precision, steps))
 
     # 5. evaluation on the test images of the seen classes
     seen = range(0, bench.tasks[1].stop)
@@ -156,22 +151,42 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     return out
 
 
-def time_rrl(model, method, rrl, refine, x, y, task, timer, autocast, steps) -> dict:
-    """The RRL step and its parts: sampling, old-model forwards, current fwd+bwd, RKD angles."""
-    optimizer = torch.optim.SGD(rrl.parameters, lr=1e-3, momentum=0.9)
-    head_optimizer = torch.optim.SGD(refine.parameters, lr=1e-3)
+def incremental_setup(method_class, config, model, bench, generator: torch.Generator, like=None):
+    """``method_class`` at task 1 of ``bench`` after task 0 on ``model``: the old model frozen, a
+    generator (untrained) for its synthetic batches (those of the method ``like``, if given);
+    with one augmented real batch of task 1."""
+    device = model.device
+    method = method_class(config, model, bench.spec)
+    method.old_model = like.old_model if like else frozen_copy(model)
+    method.inversion.generator = like.inversion.generator if like else build_generator(config, bench.spec, device).eval()
+    task1 = Task(1, bench.tasks[1], 2)
+    if len(model.head.tasks) < 2:
+        model.head.add_task(task1.n_new)
+    method.begin_task(task1)
+    x, y = next(bench.train.batches(task1.classes, config.batch_size, shuffle=True, augment=True, generator=generator))
+    return method, task1, x, y
 
-    def step(phase, opt):
-        with autocast:
-            total = sum(phase.loss(x, y).values())
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
+
+def timed_phase(phase, x, y, timer, precision: str, graphs: bool, steps: int, momentum: float = 0.9) -> float:
+    """Seconds per step of ``phase`` on the batch ``(x, y)``: the engine's own step function
+    (:func:`engine.training_step`, so under ``graphs`` the compiled one), modules in the phase's
+    training mode."""
+    device = x.device
+    optimizer = torch.optim.SGD(phase.parameters, lr=1e-3, momentum=momentum, **fused_optimizer(device, graphs))
+    step = training_step(phase, optimizer, device, precision, graphs)
+    for module in phase.modules:
+        module.train()
+    return timer(lambda: step(x, y), steps)
+
+
+def time_rrl(model, method, rrl, refine, x, y, timer, precision, graphs, steps) -> dict:
+    """The RRL step and its parts: sampling, old-model forwards, current fwd+bwd, RKD angles."""
+    autocast = autocast_for(x.device, precision)
+    optimizer = torch.optim.SGD(rrl.parameters, lr=1e-3, momentum=0.9)
     model.train()
-    method.projections.train()
-    rrl_s = timer(lambda: step(rrl, optimizer), steps)
+    rrl_s = timed_phase(rrl, x, y, timer, precision, graphs, steps)
     model.eval()
-    refine_s = timer(lambda: step(refine, head_optimizer), steps)
+    refine_s = timed_phase(refine, x, y, timer, precision, graphs, steps)
     model.train()
     replay = method.inversion.replay
     xs, ys, _ = replay.batch()
@@ -202,23 +217,33 @@ def time_rrl(model, method, rrl, refine, x, y, task, timer, autocast, steps) -> 
     return {"rrl_s": rrl_s, "refine_s": refine_s, **parts}
 
 
-def time_inversion(method, config, spec, device, timer, autocast, steps) -> dict:
+def inversion_weights(config) -> dict:
+    return dict(content_temperature=config.content_temperature, alpha_cb=config.alpha_cb,
+                alpha_pr=config.alpha_pr, alpha_rf=config.alpha_rf)
+
+
+def time_inversion_step(old, config, spec, device, timer, precision, steps) -> float:
+    """Seconds per inversion step: the run's own step function (:func:`inversion.generator_step`,
+    under ``graphs`` the compiled one) with a fresh generator and Adam against ``old``."""
+    g = build_generator(config, spec, device).train()
+    opt = torch.optim.Adam(g.parameters(), lr=1e-3, **fused_optimizer(device, config.graphs))
+    batch = config.inversion_batch_size or config.batch_size
+    with BatchNormStatistics(old) as stats:
+        step = generator_step(g, old, stats, opt, batch, inversion_weights(config), precision, config.graphs)
+        return timer(step, steps)
+
+
+def time_inversion(method, config, spec, device, timer, precision, steps) -> dict:
     """One inversion step (G forward, M_old forward with BN hooks, 4 losses, backward, Adam)
     against its parts: G forward+backward+Adam alone, and M_old's part alone."""
+    autocast = autocast_for(device, precision)
     g = build_generator(config, spec, device).train()
     opt = torch.optim.Adam(g.parameters(), lr=1e-3)
     batch = config.inversion_batch_size or config.batch_size
-    weights = dict(content_temperature=config.content_temperature, alpha_cb=config.alpha_cb,
-                   alpha_pr=config.alpha_pr, alpha_rf=config.alpha_rf)
+    weights = inversion_weights(config)
     old = method.old_model
+    full_s = time_inversion_step(old, config, spec, device, timer, precision, steps)
     with BatchNormStatistics(old) as stats:
-        def full():
-            with autocast:
-                images = g(g.sample_z(batch, device))
-                terms = inversion_losses(images, old(images), stats, weights)
-            opt.zero_grad(set_to_none=True)
-            sum(terms.values()).backward()
-            opt.step()
 
         def generator_only():
             with autocast:
@@ -233,8 +258,54 @@ def time_inversion(method, config, spec, device, timer, autocast, steps) -> dict
             with autocast:
                 terms = inversion_losses(images, old(images), stats, weights)
             sum(terms.values()).backward()
-        return {"inversion_s": timer(full, steps), "inversion_part_generator_s": timer(generator_only, steps),
+        return {"inversion_s": full_s, "inversion_part_generator_s": timer(generator_only, steps),
                 "inversion_part_old_model_s": timer(old_only, steps), "inversion_batch": batch}
+
+
+def time_phases(config, bench, device, precision: str, steps: int) -> dict[str, float]:
+    """Seconds per step of every phase of :data:`precision.PHASES` at ``precision``, each through
+    the run's own step function on a fixed batch: ``base`` (task 0), ``train`` (ABD's incremental
+    step, the other method of the paper's table), R-DFCIL's ``rrl`` and ``refine`` (task 1), and
+    an ``inversion`` step against the frozen model."""
+    timer, b = Timer(device), config.batch_size
+    torch.manual_seed(0)
+    model = model_for(config, bench.spec, device)
+    model.head.add_task(len(bench.tasks[0]))
+    generator = torch.Generator().manual_seed(0)
+    task0 = Task(0, bench.tasks[0], 2)
+    x0, y0 = next(bench.train.batches(task0.classes, b, shuffle=True, augment=True, generator=generator))
+    model.train()
+    out = {"base": timed_phase(Finetune(config, model, bench.spec).phases(task0)[0], x0, y0, timer, precision,
+                               config.graphs, steps, config.momentum)}
+    abd, task1, x, y = incremental_setup(ABD, config, model, bench, generator)
+    out["train"] = timed_phase(abd.phases(task1)[0], x, y, timer, precision, config.graphs, steps, config.momentum)
+    rdfcil, _, _, _ = incremental_setup(RDFCIL, config, model, bench, generator, like=abd)
+    rrl, refine = rdfcil.phases(task1)
+    out["rrl"] = timed_phase(rrl, x, y, timer, precision, config.graphs, steps, config.momentum)
+    model.eval()
+    out["refine"] = timed_phase(refine, x, y, timer, precision, config.graphs, steps, config.momentum)
+    out["inversion"] = time_inversion_step(rdfcil.old_model, config, bench.spec, device, timer, precision, steps)
+    return out
+
+
+def pick_precision(config, steps: int = 10) -> dict:
+    """Every phase timed in fp32 and in bf16 (:func:`time_phases`); ``pick``: the faster of each
+    (:func:`precision.pick_fastest`), the value of ``phase_precision`` for this device."""
+    device = pick_device(config.device)
+    bench = load_benchmark(config, device)
+    seconds = {precision: time_phases(config, bench, device, precision, steps) for precision in PRECISIONS}
+    return {"seconds": seconds, "pick": pick_fastest(seconds), "graphs": config.graphs}
+
+
+def precision_table(p: dict) -> str:
+    """The per-phase timings of :func:`pick_precision` and the ``--phase-precision`` they give."""
+    s = p["seconds"]
+    rows = "\n".join(f"| {phase} | {1000 * s['fp32'][phase]:.1f} | {1000 * s['bf16'][phase]:.1f} | "
+                     f"{s['fp32'][phase] / s['bf16'][phase]:.2f} | {pick} |" for phase, pick in p["pick"].items())
+    flag = ",".join(f"{phase}={pick}" for phase, pick in p["pick"].items())
+    return (f"precision per phase (graphs: {str(p['graphs']).lower()}; ms per step)\n\n"
+            "| phase | fp32 | bf16 | fp32 / bf16 | faster |\n|---|---:|---:|---:|---|\n"
+            f"{rows}\n\nrun with the faster of each: --phase-precision {flag}\n")
 
 
 def table(m: dict) -> str:
@@ -271,7 +342,7 @@ def table(m: dict) -> str:
 
 
 def bench_speed(dataset: str, overrides: dict, out: str | None, steps: int = 10, workers: int = 2,
-                jobs: int | None = None) -> dict:
+                jobs: int | None = None, precision_per_phase: bool = False) -> dict:
     preset = dataset_spec(dataset).default_preset
     overrides = {"preset": preset, **overrides, "dataset": dataset, "method": "rdfcil", "progress": False}
     overrides.setdefault("num_tasks", 5 if preset == "quick" else 10)
@@ -282,6 +353,9 @@ def bench_speed(dataset: str, overrides: dict, out: str | None, steps: int = 10,
     jobs = jobs or (4 * max(1, torch.cuda.device_count()) if result["device"].startswith("cuda") else 1)
     result["projection"] = projection.project(result, dataset, jobs)
     text += "\n" + projection.text(result["projection"], result["device"])
+    if precision_per_phase:
+        result["precision_per_phase"] = pick_precision(config, steps)
+        text += "\n" + precision_table(result["precision_per_phase"])
     print(text)
     folder = Path(out or f"runs/bench-speed/{dataset}-{config.precision}")
     write_json(folder / "speed.json", result)

@@ -1,7 +1,8 @@
 """A grid of runs executed as separate processes: a local pool, or SLURM through submitit.
 
 ``run_all(configs, jobs=...)`` runs every config as its own ``python -m rdfcil run`` process,
-``jobs`` at a time per device (default: 1 on the CPU, 4 per GPU), spread over every visible GPU
+``jobs`` at a time per device (default: 1 on the CPU, 4 per GPU), longest expected run first
+(:func:`expected_work`), spread over every visible GPU
 (one ``CUDA_VISIBLE_DEVICES`` per worker; on the CPU each worker gets
 ``OMP_NUM_THREADS = cores // jobs``). The parent only schedules and collects: each child owns its
 run folder under the folder's lock (``lock.py``) and seeds itself from its config, so the numbers
@@ -110,6 +111,39 @@ def reused_outcomes(configs: list[Config], force: bool) -> tuple[dict[int, "Outc
     return outcomes, todo
 
 
+def expected_work(c: Config) -> float:
+    """A run's work in image passes (a forward counts 1, a forward+backward 3), to start the
+    longest runs of a grid first: ``W = sum_t E_t N_t p + (T - 1) S B 4``, with ``E_t`` the
+    epochs of task t (``epochs - refinement_epochs`` for the base task), ``N_t`` its training
+    images (``train_per_class`` of the config or the dataset, times its new classes, or its
+    seen classes for a method that ``trains_on_seen``), ``p`` the passes per real image (3; +1
+    for an old-model forward; +6 with synthetic replay: the synthetic batch's forward+backward,
+    the old model's forwards, the generator's forward) and ``S`` inversion steps of batch ``B``
+    (a generator and an old-model forward+backward: 4) after every task but the last."""
+    from .data import dataset_spec
+    from .methods import METHODS
+    method, spec = METHODS[c.method], dataset_spec(c.dataset)
+    inverts = "inversion_steps" in method.keys
+    per_class = c.train_per_class or spec.train_per_class
+    first = c.first_task_classes or spec.num_classes // c.num_tasks
+    new = [first] + [(spec.num_classes - first) // max(c.num_tasks - 1, 1)] * (c.num_tasks - 1)
+    passes = 3 + (6 if inverts else 1 if method.keeps_old_model else 0)
+    work = 0.0
+    for t, classes in enumerate(new):
+        epochs = c.epochs - c.refinement_epochs if t == 0 else c.epochs
+        images = per_class * (sum(new[:t + 1]) if method.trains_on_seen else classes)
+        work += epochs * images * (3 if t == 0 else passes)
+    if inverts:
+        work += (c.num_tasks - 1) * c.inversion_steps * (c.inversion_batch_size or c.batch_size) * 4
+    return work
+
+
+def longest_first(configs: list[Config], indices: list[int]) -> list[int]:
+    """``indices`` ordered by :func:`expected_work`, most first (ties in grid order): a grid on
+    ``jobs`` workers then ends with short runs side by side, not one long run alone."""
+    return sorted(indices, key=lambda i: -expected_work(configs[i]))
+
+
 def task_of(c: Config) -> str:
     """'task k/T' of a running run: the task after its last one in results.json."""
     try:
@@ -189,7 +223,7 @@ def run_pool(configs: list[Config], jobs: int | None = None, force: bool = False
     if threads and os.environ.get("OMP_NUM_THREADS", "").isdigit():  # never more than the caller allows
         threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     outcomes, todo = reused_outcomes(configs, force)
-    pending = deque(todo)
+    pending = deque(longest_first(configs, todo))
     running: dict[int, tuple] = {}
     display = Display(len(configs), progress)
     failed = 0

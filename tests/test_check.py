@@ -50,7 +50,7 @@ def test_check_passes_every_step_and_prints_one_table(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "check.json").read_text())
     names = [s["name"] for s in report["steps"]]
-    assert len(names) == 13 and all(s["ok"] for s in report["steps"]), names
+    assert len(names) == 14 and all(s["ok"] for s in report["steps"]), names
     for method in ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil"):
         assert f"{method}, cifar100 paper preset" in names
     steps = {s["name"]: s for s in report["steps"]}
@@ -60,8 +60,11 @@ def test_check_passes_every_step_and_prints_one_table(tmp_path):
         assert resume["same_as_uninterrupted"] is True
         assert "same numbers: yes" in steps["rdfcil, graphs: true"]["info"]  # graphs run eagerly off CUDA
     assert steps["bench-speed bf16"]["data"]["precision"] == "bf16"
+    pick = steps["precision per phase, graphs: true"]["data"]
+    assert pick["graphs"] is True and set(pick["pick"].values()) <= {"fp32", "bf16"}
+    assert list(pick["pick"]) == ["base", "train", "rrl", "refine", "inversion"]
     table = done.stdout[done.stdout.index("| step |"):]
-    assert table.count("| pass |") == 13 and "13 of 13 steps passed" in done.stdout
+    assert table.count("| pass |") == 14 and "14 of 14 steps passed" in done.stdout
 
 
 def test_check_refuses_extra_options():

@@ -114,3 +114,29 @@ def test_slurm_parameters_and_no_cluster(tmp_path, monkeypatch):
     params = executor._executor.parameters
     assert params["partition"] == "gpu" and params["gpus_per_node"] == 1 and params["cpus_per_task"] == 8
     assert params["time"] == 60 and params["array_parallelism"] == 18 and params["account"] == "lab"
+
+
+def test_expected_work_against_hand_counts_and_the_longest_runs_start_first(tmp_path, monkeypatch):
+    c = tiny("rdfcil", 0, tmp_path / "r")  # digits: 126 images per class, 5 + 5 classes, 3 epochs (1 refinement)
+    assert sweep.expected_work(c) == 2 * 630 * 3 + 3 * 630 * 9 + 1 * 10 * 64 * 4
+    assert sweep.expected_work(tiny("lwf", 0, tmp_path / "l")) == 2 * 630 * 3 + 3 * 630 * 4
+    assert sweep.expected_work(tiny("joint", 0, tmp_path / "j")) == 2 * 630 * 3 + 3 * 1260 * 3
+    grid = [resolve({"dataset": "digits", "preset": "quick", "method": m, "out": str(tmp_path / m)})
+            for m in ("finetune", "lwf", "deepinversion", "abd", "rdfcil", "joint")]
+    started = []
+
+    class Finished:  # a child that ends at once with an error: only the start order matters here
+        returncode = 1
+
+        def __init__(self, command, **kwargs):
+            started.append(read_yaml(command[-1])["method"])
+            kwargs["stderr"].write("error: not run\n")
+
+        def poll(self):
+            return 1
+    from rdfcil.config import read_yaml
+    monkeypatch.setattr(sweep.subprocess, "Popen", Finished)
+    outcomes = sweep.execute(grid, jobs=1, progress=False)
+    assert started == ["deepinversion", "abd", "rdfcil", "joint", "lwf", "finetune"]  # most expected work first
+    assert [o.config.method for o in outcomes] == [c.method for c in grid]  # results in grid order
+    assert all(o.error == "not run" for o in outcomes)
