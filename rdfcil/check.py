@@ -6,7 +6,8 @@ end to end on the paper preset with a short budget, R-DFCIL again with whole-ste
 (``graphs: true``), a Tiny-ImageNet run (the streaming
 pipeline), a run killed with SIGKILL after its first task and resumed, bench-speed in fp32 and
 bf16, every phase's step timed both ways under graphs (the faster precision of each, for
-``phase_precision``), and the reproduce notebook through papermill. Each step is timed and reported as
+``phase_precision``), on CUDA every phase's step under ``torch.cuda.set_sync_debug_mode("error")``
+(no host sync inside a step), and the reproduce notebook through papermill. Each step is timed and reported as
 ``pass`` or its one-line error; the exit status is 1 if any step failed.
 
 Budgets: ``full`` (the default on CUDA; fits in 10 minutes on one GPU) and ``small`` (the
@@ -170,6 +171,46 @@ def precision_step(device: str, root: Path, steps: int, overrides: dict):
     return info + "; --phase-precision " + ",".join(f"{k}={v}" for k, v in p["pick"].items()), p
 
 
+def without_sync(name: str, step) -> str:
+    """Two steps of a phase to warm up (and compile), then two more with CUDA's sync debug mode
+    at ``error``: anything in the step that makes the host wait for the GPU (a tensor read back,
+    a blocking copy) raises, and the phase is named."""
+    import torch
+    step(), step()
+    torch.cuda.synchronize()
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(), step()
+    except RuntimeError as err:
+        raise RdfcilError(f"phase {name} makes the host wait for the GPU inside a step: "
+                          f"{str(err).strip().splitlines()[0]}") from None
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    torch.cuda.synchronize()
+    return "no sync"
+
+
+def sync_step(device: str, root: Path, overrides: dict):
+    """Every phase's step (with the next batch of the run's pipeline drawn inside it) under
+    :func:`without_sync`, without and with ``graphs`` (CUDA only)."""
+    from .config import resolve
+    from .data import load_benchmark
+    from .distributed import pick_device
+    from .speed import each_phase
+    checked = {}
+    for graphs in (False, True):
+        config = resolve({"preset": "paper", **overrides, "dataset": "cifar100", "method": "rdfcil",
+                          "data_root": str(root), "device": device, "num_tasks": 10, "graphs": graphs,
+                          "progress": False})
+        resolved = pick_device(config.device)
+        checked[f"graphs {str(graphs).lower()}"] = each_phase(config, load_benchmark(config, resolved), resolved,
+                                                               config.precision, without_sync, fresh_batches=True)
+    phases = ", ".join(next(iter(checked.values())))
+    return (f"{phases}, graphs off and on: no host sync in 2 steps each "
+            "(torch.cuda.set_sync_debug_mode error)"), checked
+
+
 def notebook_step(device: str, root: Path, work: Path, budget: str):
     import papermill
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "reproduce.ipynb"
@@ -230,6 +271,8 @@ def check(device: str = "auto", budget: str | None = None, out: str | None = Non
                                                                  plan["speed_steps"], plan["speed"])))
     add(timed("precision per phase, graphs: true", lambda: precision_step(str(resolved), root, plan["speed_steps"],
                                                                          plan["speed"])))
+    if resolved.type == "cuda":
+        add(timed("no host sync inside a step", lambda: sync_step(str(resolved), root, plan["speed"])))
     add(timed("reproduce.ipynb through papermill", lambda: notebook_step(str(resolved), root, work, budget)))
     from .io import write_json
     write_json(work / "check.json", {"device": str(resolved), "budget": budget,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import resource
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -138,7 +139,8 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     out["conventional_workers"] = workers
 
     # 4. R-DFCIL: freeze, a generator, task 1's RRL and refinement steps and their parts
-    method, task1, xr, yr = incremental_setup(RDFCIL, config, model, bench, generator)
+    method, task1 = incremental_setup(RDFCIL, config, model, bench)
+    xr, yr = next(bench.train.batches(task1.classes, b, shuffle=True, augment=True, generator=generator))
     rrl, refine = method.phases(task1)
     out.update(time_rrl(model, method, rrl, refine, xr, yr, timer, config.precision, config.graphs, steps))
     out.update(time_inversion(method, config, spec, device, timer, config.precision, steps))
@@ -151,10 +153,10 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     return out
 
 
-def incremental_setup(method_class, config, model, bench, generator: torch.Generator, like=None):
-    """``method_class`` at task 1 of ``bench`` after task 0 on ``model``: the old model frozen, a
-    generator (untrained) for its synthetic batches (those of the method ``like``, if given);
-    with one augmented real batch of task 1."""
+def incremental_setup(method_class, config, model, bench, like=None):
+    """``method_class`` at task 1 of ``bench`` after task 0 on ``model``, and task 1: the old
+    model frozen, a generator (untrained) for its synthetic batches (those of the method
+    ``like``, if given)."""
     device = model.device
     method = method_class(config, model, bench.spec)
     method.old_model = like.old_model if like else frozen_copy(model)
@@ -163,20 +165,19 @@ def incremental_setup(method_class, config, model, bench, generator: torch.Gener
     if len(model.head.tasks) < 2:
         model.head.add_task(task1.n_new)
     method.begin_task(task1)
-    x, y = next(bench.train.batches(task1.classes, config.batch_size, shuffle=True, augment=True, generator=generator))
-    return method, task1, x, y
+    return method, task1
 
 
-def timed_phase(phase, x, y, timer, precision: str, graphs: bool, steps: int, momentum: float = 0.9) -> float:
-    """Seconds per step of ``phase`` on the batch ``(x, y)``: the engine's own step function
-    (:func:`engine.training_step`, so under ``graphs`` the compiled one), modules in the phase's
-    training mode."""
-    device = x.device
+def phase_step(phase, batch, precision: str, graphs: bool, momentum: float = 0.9):
+    """One step of ``phase`` as a call without arguments, on the batch ``batch()`` returns: the
+    engine's own step function (:func:`engine.training_step`, so under ``graphs`` the compiled
+    one) with SGD, the phase's extra modules in training mode."""
+    device = phase.parameters[0].device
     optimizer = torch.optim.SGD(phase.parameters, lr=1e-3, momentum=momentum, **fused_optimizer(device, graphs))
     step = training_step(phase, optimizer, device, precision, graphs)
     for module in phase.modules:
         module.train()
-    return timer(lambda: step(x, y), steps)
+    return lambda: step(*batch())
 
 
 def time_rrl(model, method, rrl, refine, x, y, timer, precision, graphs, steps) -> dict:
@@ -184,9 +185,9 @@ def time_rrl(model, method, rrl, refine, x, y, timer, precision, graphs, steps) 
     autocast = autocast_for(x.device, precision)
     optimizer = torch.optim.SGD(rrl.parameters, lr=1e-3, momentum=0.9)
     model.train()
-    rrl_s = timed_phase(rrl, x, y, timer, precision, graphs, steps)
+    rrl_s = timer(phase_step(rrl, lambda: (x, y), precision, graphs), steps)
     model.eval()
-    refine_s = timed_phase(refine, x, y, timer, precision, graphs, steps)
+    refine_s = timer(phase_step(refine, lambda: (x, y), precision, graphs), steps)
     model.train()
     replay = method.inversion.replay
     xs, ys, _ = replay.batch()
@@ -222,15 +223,16 @@ def inversion_weights(config) -> dict:
                 alpha_pr=config.alpha_pr, alpha_rf=config.alpha_rf)
 
 
-def time_inversion_step(old, config, spec, device, timer, precision, steps) -> float:
-    """Seconds per inversion step: the run's own step function (:func:`inversion.generator_step`,
-    under ``graphs`` the compiled one) with a fresh generator and Adam against ``old``."""
+@contextmanager
+def inversion_step(old, config, spec, device, precision):
+    """One inversion step as a call without arguments: the run's own step function
+    (:func:`inversion.generator_step`, under ``graphs`` the compiled one) with a fresh generator
+    and Adam against ``old``, whose BatchNorm hooks are on inside the ``with`` block only."""
     g = build_generator(config, spec, device).train()
     opt = torch.optim.Adam(g.parameters(), lr=1e-3, **fused_optimizer(device, config.graphs))
     batch = config.inversion_batch_size or config.batch_size
     with BatchNormStatistics(old) as stats:
-        step = generator_step(g, old, stats, opt, batch, inversion_weights(config), precision, config.graphs)
-        return timer(step, steps)
+        yield generator_step(g, old, stats, opt, batch, inversion_weights(config), precision, config.graphs)
 
 
 def time_inversion(method, config, spec, device, timer, precision, steps) -> dict:
@@ -242,7 +244,8 @@ def time_inversion(method, config, spec, device, timer, precision, steps) -> dic
     batch = config.inversion_batch_size or config.batch_size
     weights = inversion_weights(config)
     old = method.old_model
-    full_s = time_inversion_step(old, config, spec, device, timer, precision, steps)
+    with inversion_step(old, config, spec, device, precision) as step:
+        full_s = timer(step, steps)
     with BatchNormStatistics(old) as stats:
 
         def generator_only():
@@ -262,30 +265,50 @@ def time_inversion(method, config, spec, device, timer, precision, steps) -> dic
                 "inversion_part_old_model_s": timer(old_only, steps), "inversion_batch": batch}
 
 
-def time_phases(config, bench, device, precision: str, steps: int) -> dict[str, float]:
-    """Seconds per step of every phase of :data:`precision.PHASES` at ``precision``, each through
-    the run's own step function on a fixed batch: ``base`` (task 0), ``train`` (ABD's incremental
-    step, the other method of the paper's table), R-DFCIL's ``rrl`` and ``refine`` (task 1), and
-    an ``inversion`` step against the frozen model."""
-    timer, b = Timer(device), config.batch_size
+def each_phase(config, bench, device, precision: str, measure, fresh_batches: bool = False) -> dict:
+    """``{phase: measure(phase, step)}`` for every phase of :data:`precision.PHASES` at
+    ``precision``, ``step()`` running one step through the run's own step function: ``base``
+    (task 0), ``train`` (ABD's incremental step, the other method of the paper's table),
+    R-DFCIL's ``rrl`` and ``refine`` (task 1), and an ``inversion`` step against the frozen
+    model. The real batch is one fixed batch, or with ``fresh_batches`` the next augmented batch
+    of the run's pipeline at every step (its drawing then part of the step)."""
+    spec, b, graphs, momentum = bench.spec, config.batch_size, config.graphs, config.momentum
     torch.manual_seed(0)
-    model = model_for(config, bench.spec, device)
+    model = model_for(config, spec, device)
     model.head.add_task(len(bench.tasks[0]))
     generator = torch.Generator().manual_seed(0)
+
+    def batches(task):
+        if not fresh_batches:
+            fixed = next(bench.train.batches(task.classes, b, shuffle=True, augment=True, generator=generator))
+            return lambda: fixed
+        def endless():
+            while True:
+                yield from bench.train.batches(task.classes, b, shuffle=True, augment=True, generator=generator,
+                                               drop_last=True)
+        stream = endless()
+        return lambda: next(stream)
     task0 = Task(0, bench.tasks[0], 2)
-    x0, y0 = next(bench.train.batches(task0.classes, b, shuffle=True, augment=True, generator=generator))
     model.train()
-    out = {"base": timed_phase(Finetune(config, model, bench.spec).phases(task0)[0], x0, y0, timer, precision,
-                               config.graphs, steps, config.momentum)}
-    abd, task1, x, y = incremental_setup(ABD, config, model, bench, generator)
-    out["train"] = timed_phase(abd.phases(task1)[0], x, y, timer, precision, config.graphs, steps, config.momentum)
-    rdfcil, _, _, _ = incremental_setup(RDFCIL, config, model, bench, generator, like=abd)
+    out = {"base": measure("base", phase_step(Finetune(config, model, spec).phases(task0)[0], batches(task0),
+                                              precision, graphs, momentum))}
+    abd, task1 = incremental_setup(ABD, config, model, bench)
+    real = batches(task1)
+    out["train"] = measure("train", phase_step(abd.phases(task1)[0], real, precision, graphs, momentum))
+    rdfcil, _ = incremental_setup(RDFCIL, config, model, bench, like=abd)
     rrl, refine = rdfcil.phases(task1)
-    out["rrl"] = timed_phase(rrl, x, y, timer, precision, config.graphs, steps, config.momentum)
+    out["rrl"] = measure("rrl", phase_step(rrl, real, precision, graphs, momentum))
     model.eval()
-    out["refine"] = timed_phase(refine, x, y, timer, precision, config.graphs, steps, config.momentum)
-    out["inversion"] = time_inversion_step(rdfcil.old_model, config, bench.spec, device, timer, precision, steps)
+    out["refine"] = measure("refine", phase_step(refine, real, precision, graphs, momentum))
+    with inversion_step(rdfcil.old_model, config, spec, device, precision) as step:
+        out["inversion"] = measure("inversion", step)
     return out
+
+
+def time_phases(config, bench, device, precision: str, steps: int) -> dict[str, float]:
+    """Seconds per step of every phase at ``precision`` on a fixed batch (:func:`each_phase`)."""
+    timer = Timer(device)
+    return each_phase(config, bench, device, precision, lambda name, step: timer(step, steps))
 
 
 def pick_precision(config, steps: int = 10) -> dict:

@@ -42,3 +42,37 @@ def test_pick_precision_times_every_phase_both_ways_and_prints_the_flag(tmp_path
     flag = table.split("--phase-precision ")[1].split()[0]
     assert resolve({"phase_precision": flag}).phase_precision == p["pick"]  # the printed flag runs as measured
     assert flag in capsys.readouterr().out
+
+
+def test_each_phase_runs_the_runs_own_steps_on_fresh_batches():
+    """What ``check --device cuda`` runs under the sync debug mode: every phase's step, the
+    next augmented batch drawn inside it; each step returns its finite terms on the device."""
+    import math
+    import torch
+    from rdfcil.config import resolve
+    from rdfcil.data import load_benchmark
+    from rdfcil.precision import PHASES
+    from rdfcil.speed import each_phase
+    config = resolve({"dataset": "digits", "preset": "quick", "device": TEST_DEVICE, "batch_size": 32,
+                      "inversion_batch_size": 16, "z_dim": 16, "generator_width": 8, "backbone": "resnet8"})
+    bench = load_benchmark(config, TEST_DEVICE)
+    drawn, batches = [], bench.train.batches
+
+    def counted(*args, **kwargs):
+        for batch in batches(*args, **kwargs):
+            drawn.append(batch)
+            yield batch
+    bench.train.batches = counted
+    seen = each_phase(config, bench, torch.device(TEST_DEVICE), "fp32", lambda name, step: (step(), step()),
+                      fresh_batches=True)
+    assert list(seen) == list(PHASES)
+    assert len(drawn) == 8  # base, ABD's train, RRL, refinement: 2 steps each, a batch per step
+    for name, (first, second) in seen.items():
+        assert set(first) == set(second) and len(first) >= 1, name
+        for term in first:
+            assert first[term].device.type == torch.device(TEST_DEVICE).type and math.isfinite(first[term].item())
+    assert set(seen["inversion"][0]) == {"content", "balance", "smoothness", "bn_stats", "total"}
+    assert set(seen["rrl"][0]) == {"local_ce", "hkd", "rkd"} and set(seen["refine"][0]) == {"balanced_ce", "hkd"}
+    drawn.clear()
+    each_phase(config, bench, torch.device(TEST_DEVICE), "fp32", lambda name, step: (step(), step()))
+    assert len(drawn) == 2  # one fixed batch for task 0, one for task 1
