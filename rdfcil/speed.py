@@ -3,8 +3,8 @@
 Measured in one process on one machine (CUDA events on a GPU, ``perf_counter`` on a CPU):
 the backbone's bare forward+backward on random tensors (the ceiling), a Finetune epoch with the
 lab's on-device pipeline, the same epoch through a torchvision DataLoader with PIL transforms,
-the R-DFCIL RRL step against the sum of its parts timed alone, the refinement step, the
-inversion step against its parts, evaluation, and peak memory.
+the R-DFCIL RRL step against the sum of its parts timed alone, the refinement step, ABD's
+training step, the inversion step against its parts, evaluation, and peak memory.
 """
 
 from __future__ import annotations
@@ -143,6 +143,10 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     xr, yr = next(bench.train.batches(task1.classes, b, shuffle=True, augment=True, generator=generator))
     rrl, refine = method.phases(task1)
     out.update(time_rrl(model, method, rrl, refine, xr, yr, timer, config.precision, config.graphs, steps))
+    abd, _ = incremental_setup(ABD, config, model, bench, like=method)  # the paper table's other method
+    model.train()
+    out["abd_train_s"] = timer(phase_step(abd.phases(task1)[0], lambda: (xr, yr), config.precision, config.graphs,
+                                          config.momentum), steps)
     out.update(time_inversion(method, config, spec, device, timer, config.precision, steps))
 
     # 5. evaluation on the test images of the seen classes
@@ -352,6 +356,8 @@ def table(m: dict) -> str:
          f"{1000 * m['rrl_part_current_fwd_bwd_s']:.1f} ms", ""),
         ("  part: RKD angle tensors", "", f"{1000 * m['rrl_part_rkd_angles_s']:.1f} ms", ""),
         ("R-DFCIL refinement step", f"{b / m['refine_s']:,.0f} real img/s", f"{1000 * m['refine_s']:.1f} ms/step", ""),
+        ("ABD training step", f"{b / m['abd_train_s']:,.0f} real img/s", f"{1000 * m['abd_train_s']:.1f} ms/step",
+         f"{m['abd_train_s'] / m['rrl_s']:.2f} x RRL step"),
         (f"inversion step (batch {m['inversion_batch']})", f"{1 / m['inversion_s']:.1f} steps/s",
          f"{1000 * m['inversion_s']:.1f} ms/step", f"{m['inversion_s'] / inv_parts:.2f} x sum of parts"),
         ("  part: generator fwd+bwd+Adam", "", f"{1000 * m['inversion_part_generator_s']:.1f} ms", ""),

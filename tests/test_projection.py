@@ -26,6 +26,12 @@ def test_abd_uses_its_scripts_schedule():
     assert r["inversion_s"] == pytest.approx(25 * 10000)
 
 
+def test_abd_at_its_own_measured_step():
+    r = projection.run_seconds({**UNIT, "abd_train_s": 2.0}, "cifar100", "abd", 25)
+    assert r["train_s"] == pytest.approx(250 * 195 + 2.0 * 25 * 250 * (2 * 500 // 128))
+    assert "costed as" not in projection.text(projection.project({**UNIT, "abd_train_s": 2.0}, "cifar100"), "cpu")
+
+
 def test_costs_scale_with_the_measured_batch():
     half = {**UNIT, "batch_size": 64, "lab_epoch_s": 5.0, "epoch_images": 640, "rrl_s": 0.5, "refine_s": 0.5,
             "inversion_s": 0.5, "inversion_batch": 64}

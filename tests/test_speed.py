@@ -14,14 +14,14 @@ def test_bench_speed_writes_every_measure(tmp_path, capsys, forward):
     result = bench_speed("digits", {"rrl_forward": forward, "device": TEST_DEVICE}, str(tmp_path), steps=1, workers=0)
     stored = json.loads((tmp_path / "speed.json").read_text())
     assert stored == pytest.approx(result)
-    for key in ("ceiling_s", "lab_epoch_s", "conventional_epoch_s", "rrl_s", "refine_s", "inversion_s",
+    for key in ("ceiling_s", "lab_epoch_s", "conventional_epoch_s", "rrl_s", "refine_s", "abd_train_s", "inversion_s",
                 "rrl_part_sampling_s", "rrl_part_old_forward_s", "rrl_part_current_fwd_bwd_s",
                 "rrl_part_rkd_angles_s", "inversion_part_generator_s", "inversion_part_old_model_s", "eval_s"):
         assert result[key] > 0, key
     assert result["rrl_forward"] == forward and result["batch_size"] == 64  # the digits quick preset
     table = (tmp_path / "speed.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert len(rows) == 15 and rows[0].startswith("| measure")  # the header and the 14 measures
+    assert len(rows) == 16 and rows[0].startswith("| measure")  # the header and the 15 measures
     assert f"real + synthetic, {forward} forward" in table and "x sum of parts" in table
     assert table in capsys.readouterr().out
 
