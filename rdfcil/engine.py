@@ -21,7 +21,7 @@ from .config import Config, resolve
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed, pick_device
 from .errors import RdfcilError
-from .graphs import fused_optimizer, step_function
+from .graphs import fused_optimizer, new_task, step_function
 from .lock import folder_lock, rank_zero
 from .methods import Method, Phase, Task, build_method
 from .metrics import confusion_matrix
@@ -286,6 +286,7 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
     timings: dict[str, float] = {}
     task_history: dict = {"phases": {}}
     generator = seed_everything(stage_seed(c.seed, task.index, 0))
+    new_task(model.device, c.graphs)  # this task's steps compile anew (graphs.py)
     model.head.add_task(task.n_new)  # after seeding: a resumed run draws the same initial weights
     method.set_shard(ddp.shard)
     method.begin_task(task)

@@ -14,6 +14,12 @@ method's loss (drawing the synthetic batch) becomes a graph break, not a wrong r
 CUDA the switch runs eagerly (``OFF_CUDA_BACKEND`` None): CPU inductor compiles for minutes
 and CUDA graphs do not exist there. Tests set ``OFF_CUDA_BACKEND = "eager"`` to run the same
 Dynamo tracing on the CPU and compare the losses of every phase with the plain path.
+
+Every task compiles its steps anew: the loss weights of a task are constants of its graph and
+the head grows by the task's classes. Torch keeps at most ``recompile_limit`` (8) versions of
+one function and runs it eagerly after that, which would turn graphs off from the ninth task
+of a 10- or 25-step run on. So each task starts with :func:`new_task`, which drops the last
+task's compiled steps (and their CUDA graphs' memory) with ``torch.compiler.reset()``.
 """
 
 from __future__ import annotations
@@ -25,13 +31,23 @@ OFF_CUDA_BACKEND: str | None = None
 
 def step_function(loss, device: torch.device, enabled: bool):
     """``loss`` itself, or wrapped for whole-step graphs (see the module docstring)."""
-    if not enabled:
+    if not compiling(device, enabled):
         return loss
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         return torch.compile(loss, mode="reduce-overhead", dynamic=False)
-    if OFF_CUDA_BACKEND is not None:
-        return torch.compile(loss, backend=OFF_CUDA_BACKEND, dynamic=False)
-    return loss
+    return torch.compile(loss, backend=OFF_CUDA_BACKEND, dynamic=False)
+
+
+def compiling(device: torch.device, enabled: bool) -> bool:
+    """Whether :func:`step_function` compiles on ``device``."""
+    return enabled and (torch.device(device).type == "cuda" or OFF_CUDA_BACKEND is not None)
+
+
+def new_task(device: torch.device, enabled: bool) -> None:
+    """Before a task's steps: drop every compiled step of the last task (``torch.compiler.reset()``,
+    see the module docstring); nothing when nothing compiles."""
+    if compiling(device, enabled):
+        torch.compiler.reset()
 
 
 def fused_optimizer(device: torch.device, enabled: bool) -> dict:

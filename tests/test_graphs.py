@@ -61,3 +61,19 @@ def test_fused_optimiser_only_with_graphs_on_cuda():
     assert graphs.fused_optimizer("cuda:1", True) == {"fused": True}
     assert graphs.fused_optimizer(torch.device("cuda"), False) == {}
     assert graphs.fused_optimizer(torch.device("cpu"), True) == {} == graphs.fused_optimizer("meta", True)
+
+
+def test_every_task_compiles_its_steps_past_the_recompile_limit(tmp_path, monkeypatch):
+    """A task's loss weights and head width are constants of its graphs, so every task compiles
+    its steps again; torch keeps 8 versions of a function and runs the ninth eagerly. With
+    ``graphs.new_task`` dropping the last task's graphs, all 10 tasks of a run compile every
+    step; without it, tasks 9 and 10 ran eagerly (the limit was hit)."""
+    from torch._dynamo.utils import counters
+    monkeypatch.setattr(graphs, "OFF_CUDA_BACKEND", "eager")
+    tiny = {**TINY, "tasks": 10, "epochs": 2, "milestones": [], "batch_size": 16, "inversion_steps": 2,
+            "inversion_batch_size": 16, "synthetic_pool": 32, "coverage_samples": 32, "logger": "none"}
+    torch._dynamo.reset()
+    counters.clear()
+    run(resolve({**tiny, "method": "rdfcil", "graphs": True, "out": str(tmp_path / "ten")}))
+    frames = dict(counters["frames"])
+    assert frames["total"] == frames["ok"] >= 1 + 9 * 3  # base; then RRL, refinement, inversion of every task
