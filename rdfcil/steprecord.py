@@ -25,20 +25,23 @@ class StepRecord:
         if interval < 1:
             raise ValueError(f"interval must be a positive integer, got {interval!r}")
         self.interval, self.check = interval, check
-        self.pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.pending: list[tuple[int, tuple[str, ...], torch.Tensor]] = []
 
     def add(self, step: int, terms: dict[str, torch.Tensor]) -> list[tuple[int, dict[str, float]]]:
-        self.pending.append((step, {name: value.detach() for name, value in terms.items()}))
+        """Copy the step's terms into a row of their own at once (on the device, no sync): the
+        terms a CUDA-graph replay returns live in its static output buffers, which the next
+        replay overwrites."""
+        names = tuple(terms)
+        row = torch.stack([value.detach().float() for value in terms.values()])
+        self.pending.append((step, names, row))
         return self.flush() if len(self.pending) >= self.interval else []
 
     def flush(self) -> list[tuple[int, dict[str, float]]]:
         """Every pending step's terms as floats: one device-to-host copy for the block."""
         if not self.pending:
             return []
-        names = list(self.pending[0][1])
-        block = torch.stack([torch.stack([terms[n].float() for n in names]) for _, terms in self.pending])
-        rows = block.cpu().tolist()
-        flushed = [(step, dict(zip(names, row))) for (step, _), row in zip(self.pending, rows)]
+        rows = torch.stack([row for _, _, row in self.pending]).cpu().tolist()
+        flushed = [(step, dict(zip(names, row))) for (step, names, _), row in zip(self.pending, rows)]
         self.pending.clear()
         if self.check is not None:
             for step, values in flushed:

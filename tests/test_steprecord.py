@@ -31,6 +31,19 @@ def test_blocks_of_steps_come_back_as_the_floats_of_each_step():
         assert values == {"ce": float(t["ce"]), "kd": float(t["kd"])}  # exactly the per-step float
 
 
+def test_terms_are_copied_when_added_not_when_read():
+    """A CUDA-graph replay returns its terms in static buffers that the next replay overwrites;
+    the record keeps each step's values as they were when the step added them."""
+    record = StepRecord(interval=10)
+    buffer = torch.tensor(1.0)  # the same output storage every step, as a graph replay gives
+    for step, value in enumerate((1.0, 5.0, -2.0)):
+        buffer.fill_(value)
+        record.add(step, {"ce": buffer, "total": buffer * 2})
+    buffer.fill_(99.0)
+    assert record.flush() == [(0, {"ce": 1.0, "total": 2.0}), (1, {"ce": 5.0, "total": 10.0}),
+                              (2, {"ce": -2.0, "total": -4.0})]
+
+
 def test_the_first_non_finite_step_is_named_from_its_block():
     record = StepRecord(interval=4, check=FiniteCheck(task=2, phase="rrl", last_checkpoint="task_1.pt"))
     for step, value in enumerate([0.5, 0.4, float("nan"), float("inf")]):
