@@ -50,6 +50,15 @@ def new_task(device: torch.device, enabled: bool) -> None:
         torch.compiler.reset()
 
 
+def static_address(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, marked as living at one address for the whole run: a tensor a compiled step
+    changes in place (the refinement's class counts, ``index_add_``) is then kept by CUDA graphs
+    as parameters and buffers are. Any other mutated input makes torch skip CUDA graphs for the
+    whole graph (and run it as plain compiled kernels). The mark changes nothing eagerly."""
+    torch._dynamo.mark_static_address(tensor)
+    return tensor
+
+
 def fused_optimizer(device: torch.device, enabled: bool) -> dict:
     """``{"fused": True}`` with ``graphs`` on CUDA: SGD's and Adam's update of every parameter in
     one fused kernel instead of a few per tensor; ``{}`` otherwise (the plain optimiser)."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import losses as L
-from .graphs import fused_optimizer
+from .graphs import fused_optimizer, static_address
 from .inversion import (Generator, SyntheticReplay, build_generator, class_coverage, frozen_copy, sample,
                         train_generator)
 from .nets import model_for
@@ -503,7 +503,7 @@ class ClassCounts:
     ``add``; otherwise they change only at ``epoch_end`` (the published code)."""
 
     def __init__(self, num_classes: int, device, per_step: bool = False):
-        self.counts = torch.zeros(num_classes, device=device)
+        self.counts = static_address(torch.zeros(num_classes, device=device))  # mutated inside the step
         self.weights = torch.ones(num_classes, device=device)
         self.per_step = per_step
 

@@ -77,3 +77,14 @@ def test_every_task_compiles_its_steps_past_the_recompile_limit(tmp_path, monkey
     run(resolve({**tiny, "method": "rdfcil", "graphs": True, "out": str(tmp_path / "ten")}))
     frames = dict(counters["frames"])
     assert frames["total"] == frames["ok"] >= 1 + 9 * 3  # base; then RRL, refinement, inversion of every task
+
+
+def test_class_counts_mutated_in_the_step_are_a_static_address():
+    """CUDA graphs skip a whole graph that changes an ordinary input in place; the refinement's
+    class counts (``index_add_`` inside the RRL and refinement steps) are marked static, as
+    parameters are, and count as before."""
+    from rdfcil.methods import ClassCounts
+    counts = ClassCounts(4, "cpu")
+    assert getattr(counts.counts, "_dynamo_static_input_type", None) == "guarded"
+    counts.add(torch.tensor([0, 2, 2, 3]))
+    assert counts.counts.tolist() == [1.0, 0.0, 2.0, 1.0]
