@@ -96,10 +96,16 @@ def run_step(overrides: dict, out: Path):
 
 def graphs_step(overrides: dict, out: Path, reference: dict | None):
     """The R-DFCIL run again with ``graphs: true``: whole-step graphs on CUDA (compilation
-    included in its times), the same code eagerly elsewhere, where the numbers must be the plain
-    run's."""
+    included in its times; how many graphs torch ran without CUDA graphs, from its
+    ``cudagraph_skips`` counter), the same code eagerly elsewhere, where the numbers must be the
+    plain run's."""
     import torch
+    from torch._dynamo.utils import counters
+    skips_before = counters["inductor"]["cudagraph_skips"]
     info, data = run_step({**overrides, "graphs": True}, out)
+    if torch.device(overrides["device"]).type == "cuda":  # a graph torch ran without CUDA graphs
+        data["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips_before
+        info += f"; CUDA graphs skipped for {data['cudagraph_skips']} graphs (see torch's warnings above)"
     if reference is None:
         return info + "; no plain run to compare with", data
     same = data["accuracy_matrix"] == reference["accuracy_matrix"]
