@@ -179,9 +179,8 @@ def precision_step(device: str, root: Path, steps: int, overrides: dict):
 
 def without_sync(name: str, step) -> str:
     """Three steps of a phase to warm up (compile, CUDA graph warm-up and recording), then two
-    more with CUDA's sync debug mode
-    at ``error``: anything in the step that makes the host wait for the GPU (a tensor read back,
-    a blocking copy) raises, and the phase is named."""
+    more with CUDA's sync debug mode at ``error``: anything in the step that makes the host wait
+    for the GPU (a tensor read back, a blocking copy) raises, and the phase is named."""
     import torch
     step(), step(), step()
     torch.cuda.synchronize()
