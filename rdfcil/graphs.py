@@ -9,9 +9,11 @@ the synthetic batch has a fixed size) and replays them. The optimiser's update i
 kernel (SGD and Adam with ``fused=True``, :func:`fused_optimizer`), not part of the graph.
 Nothing in a step reads a tensor back to the host: the loss terms are read in blocks
 (:class:`steprecord.StepRecord`, ``sync_interval``), class counts are kept by ``index_add_``
-on the device, and host-drawn random numbers are copied asynchronously. Python-side work in a
-method's loss (drawing the synthetic batch) becomes a graph break, not a wrong result. Off
-CUDA the switch runs eagerly (``OFF_CUDA_BACKEND`` None): CPU inductor compiles for minutes
+on the device, and host-drawn random numbers are copied asynchronously. Drawing the synthetic
+batch inside a method's loss (the generator, the old model's labels, or a pick from the pool) is
+traced into the same graph: traced on the CPU (2-task digits runs), R-DFCIL's, ABD's and
+DeepInversion's steps had no graph break, and ``tests/test_graphs.py`` asserts none for
+Finetune and R-DFCIL, with the pool and without. Off CUDA the switch runs eagerly (``OFF_CUDA_BACKEND`` None): CPU inductor compiles for minutes
 and CUDA graphs do not exist there. Tests set ``OFF_CUDA_BACKEND = "eager"`` to run the same
 Dynamo tracing on the CPU and compare the losses of every phase with the plain path.
 

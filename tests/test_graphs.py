@@ -43,8 +43,11 @@ def test_traced_steps_give_the_plain_losses(tmp_path, monkeypatch, method):
     monkeypatch.setattr(graphs, "OFF_CUDA_BACKEND", "eager")
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(kw) or real_compile(fn, **kw))
     torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+    counters.clear()
     traced = run(resolve({**TINY, "method": method, "graphs": True, "out": str(tmp_path / "traced")}))
     assert compiled and all(kw["backend"] == "eager" for kw in compiled)  # every phase went through Dynamo
+    assert not counters["graph_break"]  # each step one graph, the synthetic batch's drawing included
     a, b = losses(tmp_path / "plain"), losses(tmp_path / "traced")
     assert a.keys() == b.keys() and len(a) >= 2
     phases = {phase for _, phase, _ in a}
@@ -77,6 +80,7 @@ def test_every_task_compiles_its_steps_past_the_recompile_limit(tmp_path, monkey
     run(resolve({**tiny, "method": "rdfcil", "graphs": True, "out": str(tmp_path / "ten")}))
     frames = dict(counters["frames"])
     assert frames["total"] == frames["ok"] >= 1 + 9 * 3  # base; then RRL, refinement, inversion of every task
+    assert not counters["graph_break"]  # pool replay too: one graph per step
 
 
 def test_class_counts_mutated_in_the_step_are_a_static_address():
