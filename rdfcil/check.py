@@ -163,14 +163,18 @@ def speed_step(precision: str, device: str, root: Path, out: Path, steps: int, o
     return info, m
 
 
+def standin_config(device: str, root: Path, overrides: dict, graphs: bool):
+    """R-DFCIL on the CIFAR-100 stand-in, paper preset with the budget's ``speed`` overrides."""
+    from .config import resolve
+    return resolve({"preset": "paper", **overrides, "dataset": "cifar100", "method": "rdfcil", "data_root": str(root),
+                    "device": device, "num_tasks": 10, "graphs": graphs, "progress": False})
+
+
 def precision_step(device: str, root: Path, steps: int, overrides: dict):
     """Every phase timed in fp32 and bf16 with ``graphs: true`` (``bench-speed --pick-precision``)
     on the CIFAR-100 stand-in: the per-phase ``phase_precision`` for this device."""
-    from .config import resolve
     from .speed import pick_precision
-    config = resolve({"preset": "paper", **overrides, "dataset": "cifar100", "method": "rdfcil", "data_root": str(root),
-                      "device": device, "num_tasks": 10, "graphs": True, "progress": False})
-    p = pick_precision(config, steps)
+    p = pick_precision(standin_config(device, root, overrides, graphs=True), steps)
     s = p["seconds"]
     info = "; ".join(f"{phase} {pick} ({1000 * s['fp32'][phase]:.1f} fp32, {1000 * s['bf16'][phase]:.1f} bf16 ms)"
                      for phase, pick in p["pick"].items())
@@ -200,15 +204,12 @@ def without_sync(name: str, step) -> str:
 def sync_step(device: str, root: Path, overrides: dict):
     """Every phase's step (with the next batch of the run's pipeline drawn inside it) under
     :func:`without_sync`, without and with ``graphs`` (CUDA only)."""
-    from .config import resolve
     from .data import load_benchmark
     from .distributed import pick_device
     from .speed import each_phase
     checked = {}
     for graphs in (False, True):
-        config = resolve({"preset": "paper", **overrides, "dataset": "cifar100", "method": "rdfcil",
-                          "data_root": str(root), "device": device, "num_tasks": 10, "graphs": graphs,
-                          "progress": False})
+        config = standin_config(device, root, overrides, graphs)
         resolved = pick_device(config.device)
         checked[f"graphs {str(graphs).lower()}"] = each_phase(config, load_benchmark(config, resolved), resolved,
                                                                config.precision, without_sync, fresh_batches=True)

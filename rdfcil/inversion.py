@@ -179,6 +179,13 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return old
 
 
+def loss_weights(config) -> dict:
+    """The weights of :func:`inversion_losses` from a config: ``content_temperature`` (tau),
+    ``alpha_cb``, ``alpha_pr``, ``alpha_rf``."""
+    return dict(content_temperature=config.content_temperature, alpha_cb=config.alpha_cb,
+                alpha_pr=config.alpha_pr, alpha_rf=config.alpha_rf)
+
+
 def generator_step(generator: Generator, old_model: nn.Module, stats: "BatchNormStatistics",
                    optimizer: torch.optim.Optimizer, batch_size: int, weights: dict, precision: str = "fp32",
                    graphs: bool = False):

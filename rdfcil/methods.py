@@ -15,8 +15,8 @@ from torch import nn
 
 from . import losses as L
 from .graphs import fused_optimizer, static_address
-from .inversion import (Generator, SyntheticReplay, build_generator, class_coverage, frozen_copy, sample,
-                        train_generator)
+from .inversion import (Generator, SyntheticReplay, build_generator, class_coverage, frozen_copy, loss_weights,
+                        sample, train_generator)
 from .nets import model_for
 from .precision import precision_of
 
@@ -224,8 +224,7 @@ class InversionReplay:
         c = self.config
         if self.generator is None or not self.carry:
             self.generator = self.new_generator()
-        weights = dict(content_temperature=c.content_temperature, alpha_cb=c.alpha_cb,
-                       alpha_pr=c.alpha_pr, alpha_rf=c.alpha_rf)
+        weights = loss_weights(c)
         bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
         history = train_generator(self.generator, old_model, c.inversion_steps,
                                   c.inversion_batch_size or c.batch_size, c.inversion_lr, weights, bar, check,

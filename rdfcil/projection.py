@@ -27,8 +27,10 @@ from __future__ import annotations
 import heapq
 
 from .config import resolve
+from .data import dataset_spec
 
-OFFICIAL_PER_CLASS = {"cifar100": (500, 100), "tiny-imagenet200": (500, 50), "imagenet100": (1300, 50)}
+# test images per class of the official sets (training images: the dataset's ``train_per_class``)
+TEST_PER_CLASS = {"cifar100": 100, "tiny-imagenet200": 50, "imagenet100": 50}
 STEPS = (5, 10, 25)
 METHODS = ("rdfcil", "abd")
 
@@ -38,7 +40,7 @@ def run_seconds(m: dict, dataset: str, method: str, steps: int, overrides: dict 
     classes = {"cifar100": 100, "tiny-imagenet200": 200, "imagenet100": 100}[dataset]
     c = resolve({**(overrides or {}), "dataset": dataset, "method": method, "preset": "paper",
                  "num_tasks": steps + 1, "first_task_classes": classes // 2})
-    train_pc, test_pc = OFFICIAL_PER_CLASS[dataset]
+    train_pc, test_pc = dataset_spec(dataset).train_per_class, TEST_PER_CLASS[dataset]
     base = classes // 2
     new = (classes - base) // steps
     b = c.batch_size
@@ -70,7 +72,7 @@ def makespan(durations: list[float], jobs: int) -> float:
 
 def project(m: dict, dataset: str, jobs: int = 1, seeds: int = 3, overrides: dict | None = None) -> dict | None:
     """Every setting x method and the whole table; None for a dataset without a paper preset."""
-    if dataset not in OFFICIAL_PER_CLASS:
+    if dataset not in TEST_PER_CLASS:
         return None
     runs = {f"{method} {steps} steps": run_seconds(m, dataset, method, steps, overrides)
             for steps in STEPS for method in METHODS}

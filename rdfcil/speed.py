@@ -23,7 +23,7 @@ from .data import dataset_spec, load_benchmark
 from .distributed import pick_device
 from .engine import evaluate, train_phase, training_step
 from .graphs import fused_optimizer
-from .inversion import BatchNormStatistics, build_generator, frozen_copy, generator_step, inversion_losses
+from .inversion import BatchNormStatistics, build_generator, frozen_copy, generator_step, inversion_losses, loss_weights
 from .io import write_json
 from .methods import ABD, RDFCIL, Finetune, Task
 from .nets import model_for
@@ -222,11 +222,6 @@ def time_rrl(model, method, rrl, refine, x, y, timer, precision, graphs, steps) 
     return {"rrl_s": rrl_s, "refine_s": refine_s, **parts}
 
 
-def inversion_weights(config) -> dict:
-    return dict(content_temperature=config.content_temperature, alpha_cb=config.alpha_cb,
-                alpha_pr=config.alpha_pr, alpha_rf=config.alpha_rf)
-
-
 @contextmanager
 def inversion_step(old, config, spec, device, precision):
     """One inversion step as a call without arguments: the run's own step function
@@ -236,7 +231,7 @@ def inversion_step(old, config, spec, device, precision):
     opt = torch.optim.Adam(g.parameters(), lr=1e-3, **fused_optimizer(device, config.graphs))
     batch = config.inversion_batch_size or config.batch_size
     with BatchNormStatistics(old) as stats:
-        yield generator_step(g, old, stats, opt, batch, inversion_weights(config), precision, config.graphs)
+        yield generator_step(g, old, stats, opt, batch, loss_weights(config), precision, config.graphs)
 
 
 def time_inversion(method, config, spec, device, timer, precision, steps) -> dict:
@@ -246,7 +241,7 @@ def time_inversion(method, config, spec, device, timer, precision, steps) -> dic
     g = build_generator(config, spec, device).train()
     opt = torch.optim.Adam(g.parameters(), lr=1e-3)
     batch = config.inversion_batch_size or config.batch_size
-    weights = inversion_weights(config)
+    weights = loss_weights(config)
     old = method.old_model
     with inversion_step(old, config, spec, device, precision) as step:
         full_s = timer(step, steps)

@@ -133,3 +133,17 @@ def test_step_tensors_are_made_on_the_device():
     cpu_counts = ClassCounts(5, "cpu")
     cpu_counts.add(torch.tensor([0, 3, 3, 4]))
     assert cpu_counts.counts.tolist() == [1.0, 0.0, 0.0, 2.0, 1.0]  # index_add_ counts as bincount did
+
+
+def test_step_record_rows_and_static_counts_stay_on_the_device():
+    """What this stop added after the model is placed: the record's copy of each step's terms
+    and the class counts marked static for CUDA graphs are made on the run's device."""
+    from rdfcil.methods import ClassCounts
+    from rdfcil.steprecord import StepRecord
+    record = StepRecord(interval=10)
+    record.add(0, {"ce": torch.zeros((), device=META), "kd": torch.zeros((), device=META, dtype=torch.bfloat16)})
+    (_, names, row), = record.pending
+    assert row.device == META and row.shape == (2,) and names == ("ce", "kd")
+    counts = ClassCounts(5, META)
+    counts.add(torch.tensor([1, 3], device=META))
+    assert counts.counts.device == META and counts.weights.device == META
