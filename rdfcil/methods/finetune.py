@@ -1,0 +1,13 @@
+"""Finetune: the lower bound."""
+
+from __future__ import annotations
+
+from .base import Method, register
+
+
+@register
+class Finetune(Method):
+    """Lower bound: plain CE on each new task with a growing head."""
+
+    name, label, color, rank = "finetune", "Finetune", "#BBBBBB", 0
+    preset_source = "abd"
