@@ -1,0 +1,170 @@
+"""The analytic heads (ACIL, DS-AL): the mathematics, not only that it runs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rdfcil.analytic import AnalyticClassifier, DualStreamClassifier, RandomExpansion, chunks
+
+META = torch.device("meta")
+
+
+def rls(R, W, X, Y):
+    """The authors' recursive least squares on one batch (ACIL equations 9-10), float64."""
+    if Y.shape[1] > W.shape[1]:
+        W = F.pad(W, (0, Y.shape[1] - W.shape[1]))
+    K = torch.linalg.inv(torch.eye(len(X), dtype=X.dtype) + X @ R @ X.T)
+    R = R - R @ X.T @ K @ X @ R
+    return R, W + R @ X.T @ (Y - X @ W)
+
+
+def split(num_classes, num_tasks):
+    """Classes 0..num_classes-1 into num_tasks consecutive ranges (the first takes the remainder)."""
+    base = num_classes - (num_tasks - 1) * (num_classes // num_tasks)
+    bounds = [0, base] + [base + i * (num_classes // num_tasks) for i in range(1, num_tasks)]
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def task_data(generator, classes, per_class=7, dim=6):
+    labels = torch.tensor([c for c in classes for _ in range(per_class)])
+    features = torch.randn(len(labels), dim, generator=generator, dtype=torch.float64) + labels[:, None] * 0.3
+    return features, labels
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 4, 7])
+@pytest.mark.parametrize("chunk", [5, 1000])
+def test_acil_after_any_number_of_tasks_is_ridge_regression_on_every_feature(num_tasks, chunk):
+    """ACIL's defining property: T tasks of chunks give the closed-form ridge regression on all
+    the features seen, and the authors' RLS recursion over the same chunks gives it too."""
+    generator = torch.Generator().manual_seed(num_tasks)
+    gamma, size, num_classes = 0.1, 20, 8
+    head = AnalyticClassifier(6, size, gamma, seed=3, device="cpu")
+    R, W = torch.eye(size, dtype=torch.float64) / gamma, torch.zeros(size, 0, dtype=torch.float64)
+    seen_x, seen_y = [], []
+    for classes in split(num_classes, num_tasks):
+        features, labels = task_data(generator, classes)
+        for f, y in chunks(zip(features.split(chunk), labels.split(chunk)), 1):
+            head.fit(f, y, classes)
+            X = torch.relu(f @ head.expansion.weight.T)
+            R, W = rls(R, W, X, F.one_hot(y, classes.stop).double())
+        head.finish()
+        seen_x.append(features)
+        seen_y.append(labels)
+    X = np.maximum(torch.cat(seen_x).numpy() @ head.expansion.weight.numpy().T, 0)
+    Y = np.eye(num_classes)[torch.cat(seen_y).numpy()]
+    ridge = np.linalg.solve(gamma * np.eye(size) + X.T @ X, X.T @ Y)
+    assert head.main.weight.dtype == torch.float64 and head.main.weight.shape == (size, num_classes)
+    assert np.abs(head.main.weight.numpy() - ridge).max() < 1e-6
+    assert (W - head.main.weight).abs().max() < 1e-6
+    assert np.abs(ridge).max() > 1e-2  # not trivially zero
+
+
+def test_acil_predictions_do_not_depend_on_the_number_of_tasks():
+    generator = torch.Generator().manual_seed(0)
+    features, labels = task_data(generator, range(9))
+    scores = []
+    for num_tasks in (1, 3, 5):
+        head = AnalyticClassifier(6, 16, 0.1, seed=0)
+        for classes in split(9, num_tasks):
+            mask = (labels >= classes.start) & (labels < classes.stop)
+            head.fit(features[mask], labels[mask], classes)
+            head.finish()
+        scores.append(head(features))
+    assert (scores[0] - scores[1]).abs().max() < 1e-9 and (scores[0] - scores[2]).abs().max() < 1e-9
+
+
+def test_dsal_compensation_stream_by_hand():
+    """One expanded unit (W_B = [[1]]), gamma = gamma_comp = 1, C = 0.5; t1 = tanh 1, t2 = tanh 2.
+
+    Task 0, class 0, f = 1: main A = 1 + 1 = 2, B = [1], W = [1/2]; residual 1 - 1/2 = 1/2, no
+    previous class; comp A = 1 + t1^2, B = [t1/2].
+    Task 1, class 1, f = 2: main A = 2 + 4 = 6, B = [1, 2], W = [1/6, 1/3]; residual
+    [0, 1] - 2 [1/6, 1/3] = [-1/3, 1/3], cleansed to [0, 1/3]; comp A = 1 + t1^2 + t2^2 = 2.509375,
+    B = [t1/2, t2/3] = [0.380797, 0.321343], W = [0.151750, 0.128057].
+    Scores main + C comp at f = 1: [1/6 + t1 0.151750 / 2, 1/3 + t1 0.128057 / 2] = [0.224453, 0.382097];
+    at f = -1 (ReLU 0, tanh -t1): [-0.057786, -0.048764]."""
+    head = DualStreamClassifier(1, 1, gamma=1.0, seed=0, gamma_comp=1.0, compensation=0.5)
+    head.expansion.weight.fill_(1.0)
+    for f, y, classes in ((1.0, 0, range(0, 1)), (2.0, 1, range(1, 2))):
+        head.fit(torch.tensor([[f]]), torch.tensor([y]), classes)
+        head.finish()
+    assert head.main.weight.flatten().tolist() == pytest.approx([1 / 6, 1 / 3], abs=1e-12)
+    assert head.comp.autocorrelation.item() == pytest.approx(2.509375, abs=1e-6)
+    assert head.comp.crosscorrelation.flatten().tolist() == pytest.approx([0.380797, 0.321343], abs=1e-6)
+    assert head.comp.weight.flatten().tolist() == pytest.approx([0.151750, 0.128057], abs=1e-6)
+    scores = head(torch.tensor([[1.0], [-1.0]]))
+    assert scores.tolist() == [pytest.approx([0.224453, 0.382097], abs=1e-6),
+                               pytest.approx([-0.057786, -0.048764], abs=1e-6)]
+    assert math.tanh(1.0) / 2 == pytest.approx(0.380797, abs=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [4, 1000])
+def test_dsal_equals_the_authors_recursion_over_the_same_chunks(chunk):
+    """Main stream by RLS, solved before each chunk's residual; compensation stream by RLS on
+    tanh of the cleansed residual: the authors' DSAL.fit, chunk for chunk."""
+    generator = torch.Generator().manual_seed(1)
+    size, g_main, g_comp = 12, 0.1, 0.3
+    head = DualStreamClassifier(6, size, g_main, seed=5, gamma_comp=g_comp, compensation=0.6)
+    Rm, Wm = torch.eye(size, dtype=torch.float64) / g_main, torch.zeros(size, 0, dtype=torch.float64)
+    Rc, Wc = torch.eye(size, dtype=torch.float64) / g_comp, torch.zeros(size, 0, dtype=torch.float64)
+    for classes in split(7, 3):
+        features, labels = task_data(generator, classes)
+        order = torch.randperm(len(labels), generator=generator)
+        features, labels = features[order], labels[order]
+        for f, y in zip(features.split(chunk), labels.split(chunk)):
+            head.fit(f, y, classes)
+            X = f @ head.expansion.weight.T
+            Y = F.one_hot(y, classes.stop).double()
+            Rm, Wm = rls(Rm, Wm, torch.relu(X), Y)
+            residual = Y - torch.relu(X) @ Wm
+            residual[:, :classes.start] = 0
+            Rc, Wc = rls(Rc, Wc, torch.tanh(X), residual)
+        head.finish()
+    assert (head.main.weight - Wm).abs().max() < 1e-6 and (head.comp.weight - Wc).abs().max() < 1e-6
+    assert Wc.abs().max() > 1e-3
+    f = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    X = f @ head.expansion.weight.T
+    assert (head(f) - (torch.relu(X) @ Wm + 0.6 * torch.tanh(X) @ Wc)).abs().max() < 1e-6
+
+
+def test_two_processes_sum_to_one():
+    """Under torchrun each process adds its rows and ``reduce`` sums: simulated by adding the
+    other shard's contribution, the two-process sums equal the one-process ones."""
+    generator = torch.Generator().manual_seed(2)
+    features, labels = task_data(generator, range(4))
+    one = AnalyticClassifier(6, 10, 0.1, seed=1)
+    one.fit(features, labels, range(4))
+    one.finish()
+    other = AnalyticClassifier(6, 10, 0.1, seed=1)
+    X1 = torch.relu(other.expansion(features[1::2]))
+    Y1 = F.one_hot(labels[1::2], 4).double()
+    partner = iter([X1.T @ X1, X1.T @ Y1])
+    other.fit(features[0::2], labels[0::2], range(4), reduce=lambda t: t + next(partner))
+    other.finish()
+    assert (one.main.weight - other.main.weight).abs().max() < 1e-10
+
+
+def test_expansion_is_seeded_and_bounded():
+    a, b, c = (RandomExpansion(64, 128, seed, "cpu").weight for seed in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.dtype == torch.float64 and a.abs().max() <= 1 / 8 and a.abs().max() > 0.12
+
+
+def test_chunks_count_batches():
+    batches = [(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long)) for n in (3, 3, 3, 1)]
+    assert [len(y) for _, y in chunks(batches, 2)] == [6, 4]
+    assert [len(y) for _, y in chunks(batches, 10)] == [10]
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_analytic_heads_and_statistics_are_on_the_device(dual):
+    head = (DualStreamClassifier(64, 32, 0.1, 0, 0.1, 0.6, device=META) if dual
+            else AnalyticClassifier(64, 32, 0.1, 0, device=META))
+    head.fit(torch.empty(8, 64, device=META), torch.zeros(8, dtype=torch.long, device=META), range(0, 5))
+    head.finish()
+    scores = head(torch.empty(3, 64, device=META))
+    assert scores.shape == (3, 5) and scores.device == META
+    assert [name for name, t in head.named_buffers() if t.device != META] == []
