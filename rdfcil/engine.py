@@ -70,9 +70,17 @@ class FiniteCheck:
 
 # --------------------------------------------------------------------------- training
 
+def batches_per_epoch(phase: Phase, bench: Benchmark, config: Config) -> int:
+    """Steps of one epoch of ``phase``: its full batches of real images, or ``phase.num_batches()``
+    for a phase on features the method supplies."""
+    if phase.batches is not None:
+        return phase.num_batches()
+    return bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
+
+
 def phase_steps(phase: Phase, bench: Benchmark, config: Config) -> int:
     """Optimisation steps of ``phase``: its epochs x full batches per epoch."""
-    return phase.epochs * bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
+    return phase.epochs * batches_per_epoch(phase, bench, config)
 
 
 def training_step(phase: Phase, optimizer: torch.optim.Optimizer, device: torch.device, precision: str,
@@ -116,7 +124,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
     record = StepRecord(config.sync_interval, FiniteCheck(task, phase.name, last_checkpoint))
     train_step = training_step(phase, optimizer, model.device, precision_of(config, phase.name), config.graphs, ddp)
-    steps_per_epoch = bench.train.num_batches(phase.classes, config.batch_size, drop_last=True)
+    steps_per_epoch = batches_per_epoch(phase, bench, config)
     description = f"task {task} (of {config.num_tasks}) {phase.name}"
     bar = progress(phase.epochs * steps_per_epoch, description) if progress else None
     history: dict[str, list[float]] = {}
@@ -141,8 +149,10 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
             if flushed and bar is not None:
                 bar.set_postfix(loss=f"{sum(flushed[-1][1].values()):.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}")
 
-        for x, y in bench.train.batches(phase.classes, config.batch_size, shuffle=True, augment=augment,
-                                        generator=generator, drop_last=True):
+        epoch_batches = phase.batches(generator) if phase.batches is not None else \
+            bench.train.batches(phase.classes, config.batch_size, shuffle=True, augment=augment,
+                                generator=generator, drop_last=True)
+        for x, y in epoch_batches:
             take(record.add(step, train_step(ddp.shard(x), ddp.shard(y))))
             batches += 1
             step += 1
@@ -161,16 +171,18 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
 
 @torch.no_grad()
 def evaluate(model, bench: Benchmark, seen: range, batch_size: int, precision: str = "fp32",
-             ddp: Distributed | None = None) -> np.ndarray:
-    """Confusion matrix over the seen classes: argmax over every seen logit, no task id
-    (under ``torchrun`` each process scores its shard and the matrices are summed)."""
+             ddp: Distributed | None = None, method: Method | None = None) -> np.ndarray:
+    """Confusion matrix over the seen classes: argmax over every seen class score, no task id
+    (under ``torchrun`` each process scores its shard and the matrices are summed). The scores
+    are ``method.scores(x)`` when a method is given (its classifier), else the model's logits."""
     ddp = ddp or Distributed()
     model.eval()
+    score = method.scores if method is not None else model
     targets, predictions = [], []
     device = model.device
     for x, y in bench.test.batches(seen, batch_size):
         with autocast_for(device, precision):
-            logits = model(ddp.shard(x))[:, :seen.stop]
+            logits = score(ddp.shard(x))[:, :seen.stop]
         targets.append(ddp.shard(y).cpu())
         predictions.append(logits.argmax(dim=1).cpu())
     confusion = torch.as_tensor(confusion_matrix(torch.cat(targets), torch.cat(predictions), seen.stop))
@@ -277,10 +289,35 @@ def log_task(logger: NullLogger, record: dict, timings: dict, t: int) -> None:
     logger.flush()
 
 
+def statistics_batches(bench: Benchmark, task: Task, c: Config, ddp: Distributed):
+    """``batches(shard=True)`` for :meth:`Method.statistics`: the task's training images of
+    ``task.classes`` once, in a fixed order, unaugmented, ``c.batch_size`` per batch, on the
+    run's device; this process's shard of each batch under torchrun unless ``shard=False``."""
+    def batches(shard: bool = True):
+        take = ddp.shard if shard else (lambda t: t)
+        for x, y in bench.train.batches(task.classes, c.batch_size, shuffle=False, augment=False):
+            yield take(x), take(y)
+    return batches
+
+
+def statistics_pass(model, method: Method, task: Task, bench: Benchmark, c: Config,
+                    ddp: Distributed | None = None) -> None:
+    """The method's task-end statistics (:meth:`Method.statistics`): model in eval mode, no
+    gradients, sums reduced over the processes with ``ddp.sum``."""
+    ddp = ddp or Distributed()
+    model.eval()
+    with torch.no_grad():
+        method.statistics(task, statistics_batches(bench, task, c, ddp), ddp.sum)
+
+
 def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, progress, last,
              ddp: Distributed | None = None, logger: NullLogger | None = None, log_offset: int = 0):
     """Train, end (freeze / invert) and evaluate one task; returns timings and histories
-    (``task_history["steps"]``: the training steps it took, for the logger's x axis)."""
+    (``task_history["steps"]``: the training steps it took, for the logger's x axis).
+
+    Order: the phases on images, the method's statistics pass (``statistics`` in the timings,
+    if ``needs_statistics``), the phases on features the method supplies, ``end_task``, the
+    evaluation with ``method.scores``. A task may have no phase at all (a frozen backbone)."""
     ddp = ddp or Distributed()
     logger = logger or NullLogger()
     timings: dict[str, float] = {}
@@ -293,7 +330,14 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
     phases = method.phases(task)
     task_history["snapshots"] = {}
     steps = 0
-    for i, phase in enumerate(phases):
+    statistics_at = next((i for i, phase in enumerate(phases) if phase.batches is not None), len(phases))
+    for i, phase in enumerate(phases + [None]):
+        if i == statistics_at and method.needs_statistics(task):
+            started = time.perf_counter()
+            statistics_pass(model, method, task, bench, c, ddp)
+            timings["statistics"] = time.perf_counter() - started
+        if phase is None:
+            break
         started = time.perf_counter()
         task_history["phases"][phase.name] = train_phase(model, phase, bench, c, generator, task.index,
                                                          progress, last, ddp, logger, log_offset + steps)
@@ -316,7 +360,7 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
     task_history["end"] = end.info
     task_history["steps"] = steps
     started = time.perf_counter()
-    task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size, c.precision, ddp)
+    task_history["confusion"] = evaluate(model, bench, task.seen, c.eval_batch_size, c.precision, ddp, method)
     timings["eval"] = time.perf_counter() - started
     return timings, task_history
 

@@ -9,7 +9,7 @@ ends (freeze the old model, invert it), and what to store in the checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -50,7 +50,14 @@ class Phase:
     """One optimisation phase: SGD over ``parameters`` for ``epochs`` on the real images of
     ``classes``; lr divided by ``1/lr_decay`` at each milestone epoch; ``loss(x, y)`` returns
     the weighted terms, summed by the engine. ``train_backbone=False`` keeps the whole model in
-    eval mode (BatchNorm statistics frozen)."""
+    eval mode (BatchNorm statistics frozen).
+
+    A head-only phase on features sets ``batches(generator) -> iterable of (x, y)`` (e.g.
+    features and labels the method made in its statistics pass) and ``num_batches() -> int``
+    (batches per epoch): the engine iterates those instead of the real images, ``loss(x, y)``
+    receives them, and the phase runs after the task's statistics pass (both callables are
+    called only when the phase starts). Under torchrun each process takes its shard of every
+    batch, so every process must yield the same batches (draw them with ``generator``)."""
     name: str
     epochs: int
     lr: float
@@ -61,6 +68,8 @@ class Phase:
     train_backbone: bool = True
     modules: list = field(default_factory=list)  # extra modules to put in train mode
     on_epoch_end: Callable[[], None] | None = None  # called by the engine after each epoch
+    batches: Callable[[torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    num_batches: Callable[[], int] | None = None  # batches per epoch of ``batches``
 
 
 class Method:
@@ -76,8 +85,15 @@ class Method:
     The engine talks to a method through: ``begin_task``, ``phases``, ``end_task`` (a
     :class:`TaskEnd`), ``set_shard`` (this process's share of a synthetic batch under torchrun),
     ``synchronised_modules`` (modules every process must hold equal after a task),
-    ``inversion`` (the :class:`InversionReplay` component or None, for the logger), and
-    ``state_dict`` / ``load_state_dict`` for the checkpoint.
+    ``inversion`` (the :class:`InversionReplay` component or None, for the logger),
+    ``state_dict`` / ``load_state_dict`` for the checkpoint, and two extension points:
+
+    - ``scores(x)``: a batch's class scores, from which ``engine.evaluate`` predicts
+      ``scores[:, :n_seen].argmax(1)`` (default: the model's logits); ``classifier`` names what
+      made that prediction in tables;
+    - ``needs_statistics(task)`` / ``statistics(task, batches, reduce)``: a pass over the task's
+      training images after its SGD phases, without gradients (class means, covariances,
+      feature matrices, an analytic head).
     """
 
     name: str = ""
@@ -86,6 +102,7 @@ class Method:
     # Whose published settings the paper preset takes (METHOD.md sections 7, 8): "rdfcil" (the
     # R-DFCIL paper's table) or "abd" (the ABD repository's scripts, for the baselines it runs).
     preset_source = "rdfcil"
+    classifier = "linear head"  # what makes the prediction, named in tables ("NCM", "FeCAM (Mahalanobis)", ...)
     keeps_old_model = False
     trains_on_seen = False  # an incremental task trains on the real data of every seen class (Joint)
 
@@ -128,6 +145,31 @@ class Method:
         """The real batch followed by a synthetic one: ``(inputs, labels, old logits of x_s)``."""
         x_s, y_s, old_logits_s = self.inversion.batch()
         return torch.cat([x, x_s]), torch.cat([y, y_s]), old_logits_s
+
+    # -- scoring and statistics ---------------------------------------------------------------
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores of a batch ``x`` (B, C, H, W) -> (B, n_seen or more), higher is better
+        (a distance-based classifier returns minus the distance). ``engine.evaluate`` predicts
+        ``scores[:, :n_seen].argmax(1)``. Default: the model's logits."""
+        return self.model(x)
+
+    def needs_statistics(self, task: Task) -> bool:
+        """Whether the engine runs :meth:`statistics` after the SGD phases of ``task``."""
+        return False
+
+    def statistics(self, task: Task, batches: Callable[..., Iterator[tuple[torch.Tensor, torch.Tensor]]],
+                   reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """The task-end statistics pass, called by the engine after the task's image phases,
+        before its feature phases, ``end_task`` and the evaluation, with the model in eval mode
+        under ``torch.no_grad()`` (enable gradients locally if needed).
+
+        ``batches()`` iterates the task's training images of ``task.classes`` once as
+        ``(x, y)``: no augmentation, a fixed order, ``batch_size`` images, remapped labels, on
+        the run's device; under torchrun this process's shard of each batch (``batches(shard=
+        False)``: every image on every process, e.g. for a feature matrix every process needs).
+        ``reduce(t)`` sums ``t`` over the processes (the identity in one process): build
+        statistics from sums (counts, feature sums, outer products) so that two processes give
+        what one gives. What it computes goes in :meth:`state_dict` so that a resumed run has it."""
 
     # -- between tasks -----------------------------------------------------------------------
     def begin_task(self, task: Task) -> None:
