@@ -74,7 +74,9 @@ class RidgeStream(nn.Module):
             raise ValueError(f"gamma must be positive, got {gamma}")
         device = torch.device(device or "cpu")
         self.gamma = gamma
-        self.register_buffer("autocorrelation", torch.eye(size, dtype=DTYPE, device=device) * gamma)
+        autocorrelation = torch.zeros(size, size, dtype=DTYPE, device=device)
+        autocorrelation.diagonal().fill_(gamma)  # gamma I (torch.eye is slow to build on meta)
+        self.register_buffer("autocorrelation", autocorrelation)
         self.register_buffer("crosscorrelation", torch.zeros(size, 0, dtype=DTYPE, device=device))
         self.register_buffer("weight", torch.zeros(size, 0, dtype=DTYPE, device=device))
 
@@ -166,6 +168,15 @@ class DualStreamClassifier(AnalyticClassifier):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.expansion(features)
         return self.main(torch.relu(x)) + self.compensation * self.comp(torch.tanh(x))
+
+
+def load_buffers(module: nn.Module, state: dict) -> None:
+    """``module.load_state_dict(state)`` for buffers whose shapes grow with the classes: each
+    buffer is replaced by the stored tensor, moved to the device of the buffer it replaces."""
+    for name, tensor in state.items():
+        owner, _, leaf = name.rpartition(".")
+        target = module.get_submodule(owner)
+        target.register_buffer(leaf, tensor.to(getattr(target, leaf).device))
 
 
 def chunks(batches, per_chunk: int):

@@ -168,3 +168,61 @@ def test_analytic_heads_and_statistics_are_on_the_device(dual):
     scores = head(torch.empty(3, 64, device=META))
     assert scores.shape == (3, 5) and scores.device == META
     assert [name for name, t in head.named_buffers() if t.device != META] == []
+
+
+# -- the methods ------------------------------------------------------------------------------
+
+from rdfcil import run  # noqa: E402
+from rdfcil.config import resolve  # noqa: E402
+from rdfcil.data import SPECS  # noqa: E402
+from rdfcil.methods import METHODS, Task, build_method  # noqa: E402
+from rdfcil.nets import build_model  # noqa: E402
+
+TINY = {"dataset": "digits", "tasks": 2, "backbone": "resnet8", "epochs": 2, "refinement_epochs": 0,
+        "milestones": [1], "batch_size": 64, "analytic_buffer": 128, "analytic_batch": 200,
+        "progress": False, "device": "cpu"}
+
+
+def image_batches(generator, classes, n=3, size=5, device="cpu"):
+    labels = [torch.randint(classes.start, classes.stop, (size,), generator=generator) for _ in range(n)]
+    return lambda: iter([(torch.randn(size, 1, 8, 8, generator=generator).to(device), y.to(device)) for y in labels])
+
+
+def test_dsal_runs_the_base_task_then_statistics_only(tmp_path):
+    results = run(resolve({**TINY, "method": "dsal", "out": str(tmp_path)}))
+    assert METHODS["dsal"].classifier == "analytic, dual stream (RLS)" and METHODS["acil"].classifier == "analytic (RLS)"
+    first, second = results.wall_seconds
+    assert set(first) == {"base", "statistics", "eval"} and set(second) == {"statistics", "eval"}
+    assert results.accuracy_matrix[0][0] > 60 and results.final_accuracy > 40  # 10 classes: chance is 10 %
+
+
+@pytest.mark.parametrize("method", ["acil", "dsal"])
+def test_the_analytic_head_is_restored_from_the_checkpoint(method):
+    config = resolve({**TINY, "method": method})
+    model = build_model(config.backbone, 1, 8)
+    m = build_method(config, model, SPECS["digits"])
+    generator = torch.Generator().manual_seed(0)
+    model.eval()
+    with torch.no_grad():
+        for task in (Task(0, range(0, 5), 2), Task(1, range(5, 10), 2)):
+            m.statistics(task, image_batches(generator, task.classes), lambda t: t)
+        x = torch.randn(4, 1, 8, 8, generator=generator)
+        state = m.state_dict()
+        restored = build_method(config, model, SPECS["digits"])
+        restored.load_state_dict(state, Task(1, range(5, 10), 2))
+        assert m.scores(x).shape == (4, 10) and torch.equal(restored.scores(x), m.scores(x))
+    assert m.head.main.weight.abs().max() > 0
+
+
+@pytest.mark.parametrize("method", ["acil", "dsal"])
+def test_analytic_methods_place_their_head_on_the_device(method):
+    config = resolve({**TINY, "method": method})
+    model = build_model(config.backbone, 1, 8, META)
+    m = build_method(config, model, SPECS["digits"])
+    generator = torch.Generator().manual_seed(0)
+    task = Task(0, range(0, 5), 2)
+    m.statistics(task, image_batches(generator, task.classes, device=META), lambda t: t)
+    assert [name for name, t in m.head.named_buffers() if t.device != META] == []
+    scores = m.scores(torch.empty(2, 1, 8, 8, device=META))
+    assert scores.shape == (2, 5) and scores.device == META
+    assert m.incremental_phases(Task(1, range(5, 10), 2)) == [] and m.needs_statistics(task)

@@ -14,7 +14,9 @@ from .lwf import LwF
 from .deepinversion import DeepInversion
 from .abd import ABD
 from .rdfcil import RDFCIL, ClassCounts
+from .acil import ACIL
+from .dsal import DSAL
 
 __all__ = ["METHODS", "Method", "Phase", "Task", "TaskEnd", "build_method", "method_keys", "register",
            "unused_keys", "InversionReplay", "Finetune", "Joint", "LwF", "DeepInversion", "ABD", "RDFCIL",
-           "ClassCounts"]
+           "ClassCounts", "ACIL", "DSAL"]
