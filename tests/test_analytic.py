@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rdfcil.analytic import AnalyticClassifier, DualStreamClassifier, RandomExpansion, chunks
+from rdfcil.analytic import (AnalyticClassifier, DualStreamClassifier, RandomExpansion, bench_update, chunks,
+                             recursive_update)
 
 META = torch.device("meta")
 
@@ -145,6 +146,22 @@ def test_two_processes_sum_to_one():
     other.fit(features[0::2], labels[0::2], range(4), reduce=lambda t: t + next(partner))
     other.finish()
     assert (one.main.weight - other.main.weight).abs().max() < 1e-10
+
+
+def test_the_benchmarked_recursive_update_is_the_ridge_solution():
+    """``recursive_update`` (what ``bench_update(recursive=True)`` times) over two batches gives
+    the ridge regression of the head ``bench_update`` times by default."""
+    generator = torch.Generator().manual_seed(4)
+    x, labels = torch.rand(30, 16, generator=generator, dtype=torch.float64), torch.arange(30) % 3
+    y = F.one_hot(labels, 3).double()
+    R, W = torch.eye(16, dtype=torch.float64) / 0.1, torch.zeros(16, 3, dtype=torch.float64)
+    for rows in (slice(0, 12), slice(12, 30)):
+        R, W = recursive_update(R, W, x[rows], y[rows])
+    ridge = torch.linalg.solve(0.1 * torch.eye(16, dtype=torch.float64) + x.T @ x, x.T @ y)
+    assert (W - ridge).abs().max() < 1e-9 and (R @ (0.1 * torch.eye(16) + x.T @ x) - torch.eye(16)).abs().max() < 1e-6
+    for recursive in (False, True):
+        timing = bench_update(32, batch=64, classes=5, feature_dim=8, recursive=recursive)
+        assert set(timing) == {"seconds", "cpu_seconds"} and timing["seconds"] > 0
 
 
 def test_expansion_is_seeded_and_bounded():
