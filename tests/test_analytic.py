@@ -1,6 +1,11 @@
 """The analytic heads (ACIL, DS-AL): the mathematics, not only that it runs."""
 
 import math
+import os
+import runpy
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -253,3 +258,46 @@ def test_published_analytic_numbers_keep_their_protocol():
     repo = [r for r in other_protocols("cifar100", "acil") if r["num_tasks"] == 26]
     assert repo[0]["avg"] == 71.047 and "TrivialAugmentWide" in repo[0]["protocol"]
     assert published("cifar100", "acil", 26, 50)["avg"] == 65.95  # the paper's, not the README's
+
+
+SCRIPT = textwrap.dedent('''
+    import torch
+    from rdfcil.config import resolve
+    from rdfcil.data import load_benchmark
+    from rdfcil.distributed import Distributed
+    from rdfcil.engine import statistics_pass
+    from rdfcil.methods import Task, build_method
+    from rdfcil.nets import model_for
+    ddp = Distributed.from_env("cpu")
+    torch.manual_seed(0)
+    config = resolve({config!r})
+    bench = load_benchmark(config, "cpu")
+    model = model_for(config, bench.spec, "cpu")
+    model.head.add_task(5)
+    method = build_method(config, model, bench.spec)
+    for t in range(2):
+        statistics_pass(model, method, Task(t, bench.tasks[t], 2), bench, config, ddp)
+    if ddp.is_main:
+        torch.save(method.head.state_dict(), {out!r})
+    ddp.close()
+''')
+
+
+def test_dsal_under_two_gloo_processes_equals_one(tmp_path):
+    """Chunks of 3 batches of 24 images (7 batches a task, the last one short): every process
+    closes the same chunks, and the sums reduced per chunk give one process's heads."""
+    config = {**TINY, "method": "dsal", "train_per_class": 30, "batch_size": 24, "analytic_batch": 72}
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.py").write_text(SCRIPT.format(config=config, out=str(tmp_path / f"{name}.pt")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29541"}
+    ranks = [subprocess.Popen([sys.executable, str(tmp_path / "two.py")], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for process in ranks:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+    runpy.run_path(str(tmp_path / "one.py"))
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["comp.weight"].shape == (128, 10) and one["comp.weight"].abs().max() > 1e-3
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-7, atol=1e-9)
