@@ -70,6 +70,7 @@ class Phase:
     on_epoch_end: Callable[[], None] | None = None  # called by the engine after each epoch
     batches: Callable[[torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
     num_batches: Callable[[], int] | None = None  # batches per epoch of ``batches``
+    weight_decay: float | None = None  # None: the run's ``weight_decay``
 
 
 class Method:
