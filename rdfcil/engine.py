@@ -267,6 +267,7 @@ def train_tasks(c: Config, start: int, model, method: Method, bench: Benchmark, 
         record["wall_seconds_total"] = time.perf_counter() - run_started
         record["finished"] = t == c.num_tasks - 1
         record["processes"] = ddp.world
+        record["classifier"] = method.classifier  # what made the predictions, named in the tables
         if ddp.is_main:
             save_task(folder, t, model, method, record, history, confusion, snapshots)
     return record
