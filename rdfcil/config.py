@@ -268,7 +268,7 @@ def _paper(dataset: str, method: str = "rdfcil") -> dict:
             values["notes"] += "; its ImageNet script's RandomResizedCrop(224) (imagenet_crop random_resized)"
     source = preset_source(method)
     if source in BASE_RECIPES:
-        values.update(BASE_RECIPES[source], fecam_tukey="signed")
+        values.update(BASE_RECIPES[source], **({"fecam_tukey": "signed"} if method == "fecam" else {}))
         values["notes"] = BASE_NOTES["ncm" if method == "ncm" else source]
     return values
 
@@ -318,7 +318,7 @@ def _quick(dataset: str, method: str = "rdfcil") -> dict:
         values.update(color_jitter=True, crop_fill="zero")
         values["notes"] += QUICK_BASELINE_NOTES
     if preset_source(method) in BASE_RECIPES:
-        values["fecam_tukey"] = "signed"
+        values.update({"fecam_tukey": "signed"} if method == "fecam" else {})
         values["notes"] += QUICK_FROZEN_NOTES
     return values
 

@@ -241,3 +241,34 @@ def test_the_new_methods_are_registered_with_their_classifier():
     assert METHODS["fecam"].classifier == "FeCAM (Mahalanobis)" and "NCM" in METHODS["ncm"].classifier
     assert build_method(resolve({"method": "fetril"}), build_model("resnet8", 1, 8), SPECS["digits"]).classifier == \
         "LinearSVC (FeTrIL)"
+
+
+# --------------------------------------------------------------------------- presets and keys
+
+def test_paper_presets_take_the_authors_base_schedules_and_name_the_departures():
+    import dataclasses
+    from rdfcil.config import Config, preset_values
+    fecam, ncm, fetril = (preset_values("paper", "cifar100", m) for m in ("fecam", "ncm", "fetril"))
+    assert (fecam["epochs"], fecam["refinement_epochs"], fecam["weight_decay"], fecam["batch_size"]) == (200, 0, 5e-4, 128)
+    assert (fetril["epochs"], fetril["milestones"], fetril["weight_decay"], fetril["refinement_epochs"]) == \
+        (90, [30, 60], 1e-4, 0)
+    assert ncm["epochs"] == 200 and preset_values("paper", "cifar100", "rdfcil")["refinement_epochs"] == 40
+    assert "fecam_tukey signed" in fecam["notes"] and "AutoAugment" in fecam["notes"] and "cosine" in fecam["notes"]
+    assert "fecam_tukey" not in ncm["notes"] and "Euclidean baseline" in ncm["notes"]
+    assert "AugMix" in fetril["notes"] and "LinearSVC" in fetril["notes"] and "fetril_nearest cosine" in fetril["notes"]
+    published = {f.name: f.metadata["paper"] for f in dataclasses.fields(Config) if f.metadata}
+    new_keys = FeCAM.keys | FeTrIL.keys
+    assert new_keys <= set(published)
+    for preset in (fecam, fetril):  # every new key at its published value but the Tukey transform
+        assert {k for k in new_keys if preset.get(k, published[k]) != published[k]} == \
+            ({"fecam_tukey"} if preset is fecam else set())
+    assert resolve({"dataset": "cifar100", "method": "fecam", "preset": "paper"}).fecam_tukey == "signed"
+
+
+@pytest.mark.parametrize("key, value, message", [("fecam_beta", 0, "fecam_beta must be positive"),
+                                                 ("fetril_classifier", "knn", "unknown fetril_classifier 'knn'"),
+                                                 ("fetril_nearest", "manhattan", "unknown fetril_nearest"),
+                                                 ("fetril_svm_c", 0, "fetril_svm_c must be positive")])
+def test_bad_values_of_the_new_keys_are_refused_in_one_line(key, value, message):
+    with pytest.raises(RdfcilError, match=message):
+        resolve({"method": "fetril", key: value})
