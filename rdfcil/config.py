@@ -233,8 +233,12 @@ BASE_NOTES = {
                "head (50 epochs, lr 0.05, weight decay 5e-4, on raw features; PyCIL anneals its lr by a cosine, "
                "constant here; PyCIL picks the nearest class by cosine similarity: fetril_nearest cosine)"),
 }
-BASE_NOTES["ncm"] = BASE_NOTES["fecam"].split(" Departure as a key")[0].replace(
-    "paper: FeCAM's base task", "paper: FeCAM's base task (NCM is its Euclidean baseline)")
+BASE_NOTES["ncm"] = ("paper: FeCAM's base task (NCM is its Euclidean baseline; exps/FeCAM_*.json: 200 epochs, lr "
+                     "0.1, weight decay 5e-4, batch 128) on the protocol's backbone; then the backbone is frozen. Not "
+                     "expressible in the lab: its cosine-annealed lr (a step schedule at epochs 80 and 120 here), its "
+                     "AutoAugment (CIFAR10Policy) and ColorJitter(brightness 63/255), its ResNet-18 (the protocol's "
+                     "backbone here). Every task is scored by the class means, the base task included (FeCAM's code "
+                     "scores its baseline's base task by its cosine classifier)")
 QUICK_FROZEN_NOTES = "; for the frozen-backbone methods (NCM, FeCAM, FeTrIL) this base-task schedule instead of their authors'"
 
 
