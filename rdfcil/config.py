@@ -31,6 +31,9 @@ CROP_FILLS = ("mean", "zero")
 IMAGENET_CROPS = ("center_pad", "random_resized")
 REFINE_COUNTS = ("task", "refinement")
 DEEPINVERSION_REPLAYS = ("published", "global_ce")
+FECAM_TUKEYS = ("signed", "power", "none")
+FETRIL_CLASSIFIERS = ("svm", "fc")
+FETRIL_NEAREST = ("euclidean", "cosine")
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -43,6 +46,12 @@ def method_names() -> tuple[str, ...]:
     """The registered methods (``methods.METHODS``)."""
     from .methods import METHODS
     return tuple(METHODS)
+
+
+def preset_source(method: str) -> str | None:
+    """Whose published settings the paper preset of ``method`` takes (its ``preset_source``)."""
+    from .methods import METHODS
+    return getattr(METHODS.get(method), "preset_source", None)
 
 
 def uses_abd_scripts(method: str) -> bool:
@@ -131,6 +140,37 @@ class Config:
         help="DS-AL's C: the weight of the compensation stream in the scores", unit="", paper=0.6))
     dsal_gamma_comp: float = field(default=0.1, metadata=dict(
         help="ridge regularisation gamma of DS-AL's compensation stream", unit="", paper=0.1))
+    # -- frozen-backbone methods: FeCAM, FeTrIL --
+    fecam_tukey: str = field(default="signed", metadata=dict(
+        help="FeCAM's Tukey transform of the features: signed (sign(x)|x|^beta, defined for the negative "
+             "features of the published ResNet), power (x^beta, the authors'; needs non-negative features, "
+             "e.g. resnet_variant standard) or none", unit="", paper="power"))
+    fecam_beta: float = field(default=0.5, metadata=dict(
+        help="exponent beta of FeCAM's Tukey transform", unit="", paper=0.5))
+    fecam_alpha1: float = field(default=1.0, metadata=dict(
+        help="FeCAM's covariance shrinkage: weight of mean(diag) added to the diagonal", unit="", paper=1.0))
+    fecam_alpha2: float = field(default=1.0, metadata=dict(
+        help="FeCAM's covariance shrinkage: weight of mean(off-diagonal) added off the diagonal", unit="",
+        paper=1.0))
+    fecam_shrink_twice: bool = field(default=True, metadata=dict(
+        help="apply FeCAM's shrinkage twice to each class covariance, as the authors' code does", unit="",
+        paper=True))
+    fetril_classifier: str = field(default="svm", metadata=dict(
+        help="FeTrIL's classifier on real and pseudo-features: svm (the authors' LinearSVC) or fc (PyCIL's "
+             "linear head trained by SGD)", unit="", paper="svm"))
+    fetril_nearest: str = field(default="euclidean", metadata=dict(
+        help="how FeTrIL picks the new class an old class's pseudo-features come from: euclidean (authors) or "
+             "cosine (PyCIL) distance of the class means", unit="", paper="euclidean"))
+    fetril_svm_c: float = field(default=1.0, metadata=dict(
+        help="regularisation C of FeTrIL's LinearSVC", unit="", paper=1.0))
+    fetril_svm_tol: float = field(default=1e-4, metadata=dict(
+        help="stopping tolerance of FeTrIL's LinearSVC", unit="", paper=1e-4))
+    fetril_fc_epochs: int = field(default=50, metadata=dict(
+        help="epochs of FeTrIL's fc head on features at each incremental task (PyCIL)", unit="epochs", paper=50))
+    fetril_fc_lr: float = field(default=0.05, metadata=dict(
+        help="learning rate of FeTrIL's fc head on features (PyCIL)", unit="", paper=0.05))
+    fetril_fc_weight_decay: float = field(default=5e-4, metadata=dict(
+        help="weight decay of FeTrIL's fc head on features (PyCIL)", unit="", paper=5e-4))
     # -- run --
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA and CPU)
@@ -154,7 +194,12 @@ PUBLISHED_VARIANTS = dict(resnet_variant="published", head_init_std=0.001, crop_
                           refine_counts="task", kd_t2=False, deepinversion_replay="published", abd_mu=0.1,
                           abd_ce_weighting=True, generator_carry=True, joint_from_scratch=True,
                           kd_temperature=2.0, kd_weight=1.0, augment=None, refine=True, local_ce=True,
-                          rkd="angle", coverage_samples=2000)
+                          rkd="angle", coverage_samples=2000, fecam_beta=0.5, fecam_alpha1=1.0, fecam_alpha2=1.0,
+                          fecam_shrink_twice=True, fetril_classifier="svm", fetril_nearest="euclidean",
+                          fetril_svm_c=1.0, fetril_svm_tol=1e-4, fetril_fc_epochs=50, fetril_fc_lr=0.05,
+                          fetril_fc_weight_decay=5e-4)
+# fecam_tukey is not among them: its published value (power, x^0.5) is undefined on the published
+# ResNet's negative features; the presets take "signed" and say so (BASE_NOTES).
 
 # The ABD repository's scripts (experiments/cifar100-*.sh, tinyimnet-twentytask.sh, imnet-fivetask.sh):
 # the settings of the paper preset for the baselines. Which the R-DFCIL paper used for its ABD
@@ -211,6 +256,40 @@ ANALYTIC_EXTRA = {
 for _dataset, _values in ANALYTIC_PAPER.items():
     _values["notes"] = ANALYTIC_NOTES.format(
         source="PyCIL (exps/acil.json, exps/ds-al.json)", extra=ANALYTIC_EXTRA[_dataset], **_values)
+# The base task of the frozen-backbone methods as their authors train it (their paper preset):
+# FeCAM's exps/FeCAM_*.json (NCM is FeCAM's Euclidean baseline) and FeTrIL's codes/scratch.py.
+BASE_RECIPES = {
+    "fecam": dict(epochs=200, refinement_epochs=0, milestones=[80, 120], lr=0.1, lr_decay=0.1, momentum=0.9,
+                  weight_decay=5e-4, batch_size=128),
+    "fetril": dict(epochs=90, refinement_epochs=0, milestones=[30, 60], lr=0.1, lr_decay=0.1, momentum=0.9,
+                   weight_decay=1e-4, batch_size=128),
+}
+BASE_NOTES = {
+    "fecam": ("paper: FeCAM's base task (exps/FeCAM_*.json: 200 epochs, lr 0.1, weight decay 5e-4, batch 128) on "
+              "the protocol's backbone; then the backbone is frozen. Not expressible in the lab: its cosine-annealed "
+              "lr (a step schedule at epochs 80 and 120 here), its AutoAugment (CIFAR10Policy) and "
+              "ColorJitter(brightness 63/255), its cosine-classifier head (the lab's linear head; task 0 is scored "
+              "by the distance to the head's rows, as the authors score it by their cosine classifier's), its "
+              "ResNet-18 (the protocol's backbone here). Departure as a key: fecam_tukey signed (published: power, "
+              "x^0.5, undefined on the negative features of the published ResNet, which has no ReLU after its "
+              "residual additions; signed power equals it on non-negative features)"),
+    "fetril": ("paper: FeTrIL's base task (codes/scratch.py: 90 epochs, lr 0.1, milestones 30 and 60, weight decay "
+               "1e-4, batch 128) on the protocol's backbone; then the backbone is frozen; LinearSVC (C 1.0, tol "
+               "1e-4) on L2-normalised real and pseudo-features, pseudo-features from the nearest new class by "
+               "Euclidean distance of the means. Not expressible in the lab: its LUCIR ResNet-18 with a cosine "
+               "classifier on 224-pixel RandomResizedCrop inputs and the 290-epoch AugMix + Lookahead fine-tune of "
+               "the base model. The authors' train_classifiers.py leaves the first batch of 512 training features "
+               "unnormalised; the lab normalises every feature. fetril_classifier fc is PyCIL's models/fetril.py "
+               "head (50 epochs, lr 0.05, weight decay 5e-4, on raw features; PyCIL anneals its lr by a cosine, "
+               "constant here; PyCIL picks the nearest class by cosine similarity: fetril_nearest cosine)"),
+}
+BASE_NOTES["ncm"] = ("paper: FeCAM's base task (NCM is its Euclidean baseline; exps/FeCAM_*.json: 200 epochs, lr "
+                     "0.1, weight decay 5e-4, batch 128) on the protocol's backbone; then the backbone is frozen. Not "
+                     "expressible in the lab: its cosine-annealed lr (a step schedule at epochs 80 and 120 here), its "
+                     "AutoAugment (CIFAR10Policy) and ColorJitter(brightness 63/255), its ResNet-18 (the protocol's "
+                     "backbone here). Every task is scored by the class means, the base task included (FeCAM's code "
+                     "scores its baseline's base task by its cosine classifier)")
+QUICK_FROZEN_NOTES = "; for the frozen-backbone methods (NCM, FeCAM, FeTrIL) this base-task schedule instead of their authors'"
 
 
 def _paper(dataset: str, method: str = "rdfcil") -> dict:
@@ -244,6 +323,10 @@ def _paper(dataset: str, method: str = "rdfcil") -> dict:
         values["notes"] = ABD_NOTES.format(**values, jitter=", colour jitter" if values["color_jitter"] else "")
         if dataset == "imagenet100":
             values["notes"] += "; its ImageNet script's RandomResizedCrop(224) (imagenet_crop random_resized)"
+    source = preset_source(method)
+    if source in BASE_RECIPES:
+        values.update(BASE_RECIPES[source], **({"fecam_tukey": "signed"} if method == "fecam" else {}))
+        values["notes"] = BASE_NOTES["ncm" if method == "ncm" else source]
     return values
 
 
@@ -300,6 +383,9 @@ def _quick(dataset: str, method: str = "rdfcil") -> dict:
     if uses_abd_scripts(method):  # its augmentation, where the dataset augments at all
         values.update(color_jitter=True, crop_fill="zero")
         values["notes"] += QUICK_BASELINE_NOTES
+    if preset_source(method) in BASE_RECIPES:
+        values.update({"fecam_tukey": "signed"} if method == "fecam" else {})
+        values["notes"] += QUICK_FROZEN_NOTES
     return values
 
 
@@ -448,7 +534,8 @@ def validate(c: Config) -> None:
            f"unknown rrl_forward '{c.rrl_forward}'; valid: {', '.join(RRL_FORWARDS)}")
     for name, valid in (("resnet_variant", RESNET_VARIANTS), ("crop_fill", CROP_FILLS),
                         ("imagenet_crop", IMAGENET_CROPS), ("refine_counts", REFINE_COUNTS),
-                        ("deepinversion_replay", DEEPINVERSION_REPLAYS)):
+                        ("deepinversion_replay", DEEPINVERSION_REPLAYS), ("fecam_tukey", FECAM_TUKEYS),
+                        ("fetril_classifier", FETRIL_CLASSIFIERS), ("fetril_nearest", FETRIL_NEAREST)):
         _check(getattr(c, name) in valid, f"unknown {name} '{getattr(c, name)}'; valid: {', '.join(valid)}")
     _check(c.head_init_std is None or c.head_init_std > 0,
            f"head_init_std must be positive or none, got {c.head_init_std!r}")
@@ -483,3 +570,16 @@ def validate(c: Config) -> None:
     _check(isinstance(c.dsal_compensation, (int, float)) and c.dsal_compensation >= 0,
            f"dsal_compensation must be >= 0, got {c.dsal_compensation!r}")
     _check(c.synthetic_pool >= 0, f"synthetic_pool must be >= 0, got {c.synthetic_pool!r}")
+    _check(isinstance(c.fecam_beta, (int, float)) and c.fecam_beta > 0,
+           f"fecam_beta must be positive (the authors' beta 0, a log transform, is not offered), got {c.fecam_beta!r}")
+    _check(not (c.method == "fecam" and c.fecam_tukey == "power" and c.resnet_variant == "published"),
+           "fecam_tukey power (x^beta) is undefined on the published ResNet's negative features; "
+           "use fecam_tukey signed or resnet_variant standard")
+    for name in ("fecam_alpha1", "fecam_alpha2", "fetril_fc_weight_decay"):
+        _check(isinstance(getattr(c, name), (int, float)) and getattr(c, name) >= 0,
+               f"{name} must be >= 0, got {getattr(c, name)!r}")
+    for name in ("fetril_svm_c", "fetril_svm_tol", "fetril_fc_lr"):
+        _check(isinstance(getattr(c, name), (int, float)) and getattr(c, name) > 0,
+               f"{name} must be positive, got {getattr(c, name)!r}")
+    _check(isinstance(c.fetril_fc_epochs, int) and c.fetril_fc_epochs > 0,
+           f"fetril_fc_epochs must be a positive integer, got {c.fetril_fc_epochs!r}")

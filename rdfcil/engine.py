@@ -118,8 +118,9 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     ddp = ddp or Distributed()
     logger = logger or NullLogger()
     interval = max(config.log_interval, 1)
+    weight_decay = config.weight_decay if phase.weight_decay is None else phase.weight_decay
     optimizer = torch.optim.SGD(phase.parameters, lr=phase.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, **fused_optimizer(model.device, config.graphs))
+                                weight_decay=weight_decay, **fused_optimizer(model.device, config.graphs))
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
     augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
     record = StepRecord(config.sync_interval, FiniteCheck(task, phase.name, last_checkpoint))
@@ -266,6 +267,7 @@ def train_tasks(c: Config, start: int, model, method: Method, bench: Benchmark, 
         record["wall_seconds_total"] = time.perf_counter() - run_started
         record["finished"] = t == c.num_tasks - 1
         record["processes"] = ddp.world
+        record["classifier"] = method.classifier  # what made the predictions, named in the tables
         if ddp.is_main:
             save_task(folder, t, model, method, record, history, confusion, snapshots)
     return record

@@ -52,52 +52,115 @@ for _method, _values in EQUAL_SPLITS_CIFAR100.items():
         PUBLISHED[("cifar100", None, _tasks, _method)] = {"avg": None, "last": _last, "last_std": None,
                                                          "source": ABD_PAPER}
 
-# Analytic learning, CIFAR-100, ResNet-32, 50 base classes + 5 / 25 / 50 steps (R-DFCIL's half-base
-# protocol; the authors' own class orders). Their papers give no "last" for ACIL.
-ACIL_PAPER = "ACIL (Zhuang et al., NeurIPS 2022), ResNet-32, half-base, its class orders"
-DSAL_PAPER = "DS-AL (Zhuang et al., AAAI 2024), ResNet-32, half-base, its class orders"
-PUBLISHED[("cifar100", 50, 6, "acil")] = {"avg": 66.30, "last": None, "last_std": None, "source": ACIL_PAPER}
-PUBLISHED[("cifar100", 50, 26, "acil")] = {"avg": 65.95, "last": None, "last_std": None, "source": ACIL_PAPER}
-PUBLISHED[("cifar100", 50, 51, "dsal")] = {"avg": 66.33, "last": 58.37, "last_std": None, "source": DSAL_PAPER}
+# The frozen-backbone methods (METHODS-BEYOND.md sections 3.1, 3.2), CIFAR-100. Each record names
+# the classifier that made the prediction (a method's ``classifier``; FeTrIL has two) and, in
+# ``protocol``, how its setting differs from the lab's (ResNet-32, the same split): None only
+# where it does not. Average incremental accuracy ("avg") unless "last" is given.
+FECAM_POSTER = "FeCAM (Goswami et al., NeurIPS 2023), table of dipamgoswami/FeCAM figs/FeCAM_poster.png"
+FETRIL_README = "FeTrIL (Petit et al., WACV 2023), GregoirePetit/FeTrIL README table"
+PYCIL_FETRIL = "PyCIL's reproduction of FeTrIL (LAMDA-CL/PyCIL models/fetril.py docstring)"
+NCM_CLASSIFIER, FECAM_CLASSIFIER = "NCM (L2-normalised features)", "FeCAM (Mahalanobis)"
+SVM_CLASSIFIER, FC_CLASSIFIER = "LinearSVC (FeTrIL)", "fc head on features (FeTrIL)"
+RESNET18 = "ResNet-18 backbone (the lab: ResNet-32)"
+FETRIL_RESNET18 = "LUCIR ResNet-18 at 224 pixels with an AugMix fine-tune (the lab: ResNet-32)"
 
-# Published numbers measured under another protocol than the lab's (another base schedule,
-# augmentation or backbone): shown beside ours with their protocol, never in the same column.
-ANALYTIC_REPO = ("ZHUANGHP/Analytic-continual-learning README: ResNet-32, 50 base classes + 25 steps, its own "
-                 "base schedule (300 epochs, cosine lr 0.5, TrivialAugmentWide), which it says gives 2-5 points "
-                 "more than the papers")
-COLD_START = "cold start: 10 equal tasks of 10 classes, as re-run in {table} (backbone and schedule of that paper)"
-OTHER_PROTOCOLS: list[dict] = [
-    {"dataset": "cifar100", "first_task_classes": 50, "num_tasks": 26, "method": "acil", "avg": 71.047,
-     "avg_std": 0.252, "last": 63.384, "last_std": 0.330, "protocol": ANALYTIC_REPO},
-    {"dataset": "cifar100", "first_task_classes": 50, "num_tasks": 26, "method": "dsal", "avg": 71.277,
-     "avg_std": 0.251, "last": 64.043, "last_std": 0.184, "protocol": ANALYTIC_REPO},
-    {"dataset": "cifar100", "first_task_classes": None, "num_tasks": 10, "method": "acil", "avg": 50.53,
-     "avg_std": None, "last": 35.53, "last_std": None, "protocol": COLD_START.format(table="DPCR (ICML 2025) Table 1")},
-    {"dataset": "cifar100", "first_task_classes": None, "num_tasks": 10, "method": "dsal", "avg": 51.47,
-     "avg_std": None, "last": 36.83, "last_std": None, "protocol": COLD_START.format(table="DPCR (ICML 2025) Table 1")},
-    {"dataset": "cifar100", "first_task_classes": None, "num_tasks": 10, "method": "dsal", "avg": 54.9,
-     "avg_std": None, "last": 40.8, "last_std": None,
-     "protocol": COLD_START.format(table="AdaGauss (NeurIPS 2024) Table 1")},
+
+def _record(method, classifier, first, tasks, avg, source, protocol, last=None):
+    return dict(dataset="cifar100", method=method, classifier=classifier, first_task_classes=first,
+                num_tasks=tasks, avg=avg, last=last, last_std=None, source=source, protocol=protocol)
+
+
+BEYOND: list[dict] = [
+    _record("ncm", NCM_CLASSIFIER, 50, 6, 64.8, FECAM_POSTER + " (Euclidean NCM)", RESNET18),
+    _record("ncm", NCM_CLASSIFIER, 50, 11, 64.6, FECAM_POSTER + " (Euclidean NCM)", RESNET18),
+    _record("fecam", FECAM_CLASSIFIER, 50, 6, 70.9, FECAM_POSTER + "; last: the paper's Table 3, second-hand",
+            RESNET18, last=62.1),
+    _record("fecam", FECAM_CLASSIFIER, 50, 11, 70.8, FECAM_POSTER, RESNET18),
+    _record("fecam", FECAM_CLASSIFIER, None, 10, 52.53, "EFC++ (arXiv 2503.10439) Table 2, second-hand",
+            "cold start (10 equal tasks), ResNet-18, EFC++'s re-run", last=37.63),
+    _record("fecam", FECAM_CLASSIFIER, None, 10, 48.3, "AdaGauss (NeurIPS 2024) Table 1, second-hand",
+            "cold start (10 equal tasks), ResNet-18, AdaGauss's re-run", last=32.4),
+    _record("fetril", SVM_CLASSIFIER, 50, 6, 65.38, PYCIL_FETRIL + ", SVM", None),
+    _record("fetril", SVM_CLASSIFIER, 50, 11, 65.10, PYCIL_FETRIL + ", SVM", None),
+    _record("fetril", SVM_CLASSIFIER, 40, 61, 61.72, PYCIL_FETRIL + ", SVM", None),
+    _record("fetril", SVM_CLASSIFIER, 50, 6, 66.3, FETRIL_README, FETRIL_RESNET18),
+    _record("fetril", SVM_CLASSIFIER, 50, 11, 65.2, FETRIL_README, FETRIL_RESNET18),
+    _record("fetril", SVM_CLASSIFIER, 40, 21, 61.5, FETRIL_README, FETRIL_RESNET18),
+    _record("fetril", SVM_CLASSIFIER, 40, 61, 59.8, FETRIL_README, FETRIL_RESNET18),
+    _record("fetril", SVM_CLASSIFIER, 50, 6, 67.6, FECAM_POSTER + " (FeTrIL*, FeCAM's re-run)", RESNET18),
+    _record("fetril", SVM_CLASSIFIER, 50, 11, 66.6, FECAM_POSTER + " (FeTrIL*, FeCAM's re-run)", RESNET18),
+    _record("fetril", FC_CLASSIFIER, 50, 6, 65.78, PYCIL_FETRIL + ", FC", None),
+    _record("fetril", FC_CLASSIFIER, 50, 11, 64.91, PYCIL_FETRIL + ", FC", None),
+    _record("fetril", FC_CLASSIFIER, 40, 61, 62.09, PYCIL_FETRIL + ", FC", None),
+    _record("fetril", FC_CLASSIFIER, 50, 6, 64.7, FETRIL_README + " (FeTrIL^fc)", FETRIL_RESNET18),
+    _record("fetril", FC_CLASSIFIER, 50, 11, 63.4, FETRIL_README + " (FeTrIL^fc)", FETRIL_RESNET18),
+    _record("fetril", FC_CLASSIFIER, 40, 21, 57.4, FETRIL_README + " (FeTrIL^fc)", FETRIL_RESNET18),
+    _record("fetril", FC_CLASSIFIER, 40, 61, 50.8, FETRIL_README + " (FeTrIL^fc)", FETRIL_RESNET18),
 ]
 
 
-def other_protocols(dataset: str, method: str) -> list[dict]:
-    """The published numbers of ``method`` on ``dataset`` under another protocol than the lab's
-    (:data:`OTHER_PROTOCOLS`), each with its ``protocol``; copies."""
-    return [dict(row) for row in OTHER_PROTOCOLS if row["dataset"] == dataset and row["method"] == method]
+# Analytic learning (METHODS-BEYOND.md section 3.6), CIFAR-100, ResNet-32, 50 base classes: the
+# papers (the authors' class orders; no "last" for ACIL), the authors' README (another base
+# schedule) and cold-start re-runs by later papers.
+ACIL_PAPER = "ACIL (Zhuang et al., NeurIPS 2022), paper table, second-hand"
+DSAL_PAPER = "DS-AL (Zhuang et al., AAAI 2024), paper table, second-hand"
+ANALYTIC_README = "ZHUANGHP/Analytic-continual-learning README table (mean +- std)"
+ANALYTIC_CLASSIFIER, DUAL_STREAM_CLASSIFIER = "analytic (RLS)", "analytic, dual stream (RLS)"
+ANALYTIC_REPO_PROTOCOL = ("the authors' repository's base schedule (300 epochs, cosine lr 0.5, TrivialAugmentWide), "
+                          "which its README says gives 2-5 points more than the papers")
+BEYOND += [
+    _record("acil", ANALYTIC_CLASSIFIER, 50, 6, 66.30, ACIL_PAPER, None),
+    _record("acil", ANALYTIC_CLASSIFIER, 50, 26, 65.95, ACIL_PAPER, None),
+    _record("dsal", DUAL_STREAM_CLASSIFIER, 50, 51, 66.33, DSAL_PAPER, None, last=58.37),
+    {**_record("acil", ANALYTIC_CLASSIFIER, 50, 26, 71.047, ANALYTIC_README, ANALYTIC_REPO_PROTOCOL, last=63.384),
+     "avg_std": 0.252, "last_std": 0.330},
+    {**_record("dsal", DUAL_STREAM_CLASSIFIER, 50, 26, 71.277, ANALYTIC_README, ANALYTIC_REPO_PROTOCOL,
+               last=64.043), "avg_std": 0.251, "last_std": 0.184},
+    _record("acil", ANALYTIC_CLASSIFIER, None, 10, 50.53, "DPCR (ICML 2025) Table 1, second-hand",
+            "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)", last=35.53),
+    _record("dsal", DUAL_STREAM_CLASSIFIER, None, 10, 51.47, "DPCR (ICML 2025) Table 1, second-hand",
+            "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)", last=36.83),
+    _record("dsal", DUAL_STREAM_CLASSIFIER, None, 10, 54.9, "AdaGauss (NeurIPS 2024) Table 1, second-hand",
+            "cold start (10 equal tasks), AdaGauss's re-run (its backbone and schedule)", last=40.8),
+]
 
 
-def published(dataset: str, method: str, num_tasks: int, first_task_classes: int | None = None) -> dict | None:
-    """The published ``{"avg", "last", "last_std", "source"}`` of a setting, or None.
-
-    ``first_task_classes`` None (or the equal share ``classes / num_tasks``) means an equal split.
-    """
+def _split(dataset: str, num_tasks: int, first_task_classes: int | None) -> int | None:
+    """``first_task_classes`` with an equal split written as None."""
     from .data import SPECS
     total = SPECS[dataset].num_classes if dataset in SPECS else None
     if first_task_classes is not None and total and first_task_classes * num_tasks == total:
-        first_task_classes = None
-    found = PUBLISHED.get((dataset, first_task_classes, num_tasks, method))
-    return dict(found) if found else None
+        return None
+    return first_task_classes
+
+
+def published_records(dataset: str, method: str, num_tasks: int, first_task_classes: int | None = None,
+                      classifier: str | None = None) -> list[dict]:
+    """Every published record of the frozen-backbone methods for a setting (several sources),
+    the lab's protocol first; ``classifier`` keeps only that classifier's."""
+    first = _split(dataset, num_tasks, first_task_classes)
+    found = [dict(r) for r in BEYOND if (r["dataset"], r["method"], r["num_tasks"], r["first_task_classes"]) ==
+             (dataset, method, num_tasks, first) and classifier in (None, r["classifier"])]
+    return sorted(found, key=lambda r: r["protocol"] is not None)
+
+
+def published(dataset: str, method: str, num_tasks: int, first_task_classes: int | None = None,
+              classifier: str | None = None) -> dict | None:
+    """The published ``{"avg", "last", "last_std", "source"}`` of a setting, or None; for the
+    frozen-backbone methods also ``classifier`` and ``protocol`` (None: the lab's protocol;
+    otherwise how it differs), the lab's protocol preferred (:data:`BEYOND`).
+
+    ``first_task_classes`` None (or the equal share ``classes / num_tasks``) means an equal split.
+    ``classifier``: only a number that this classifier made (FeTrIL's LinearSVC or fc head).
+    """
+    first = _split(dataset, num_tasks, first_task_classes)
+    found = PUBLISHED.get((dataset, first, num_tasks, method))
+    if found:
+        return dict(found)
+    records = published_records(dataset, method, num_tasks, first, classifier)
+    if not records:
+        return None
+    return {k: records[0][k] for k in ("avg", "last", "last_std", "source", "classifier", "protocol")}
 
 
 # --------------------------------------------------------------------------- notebook parameters

@@ -12,6 +12,7 @@ One row per run folder under ``root`` (any depth; a run folder holds ``config.ya
   and ``base_classes`` (classes of the first task);
 * ``seconds_<phase>`` (wall time per phase summed over tasks: ``base``, ``train``, ``rrl``,
   ``refine``, ``inversion``, ``eval``), ``seconds_total``;
+* ``classifier`` (what made the predictions: the linear head, NCM, FeCAM's distance, ...);
 * ``tasks_finished``, ``finished`` and ``path``.
 
 A folder whose files cannot be read is left out and named in one warning. A sweep is then a
@@ -41,6 +42,13 @@ def _last(values):
     return float(values[-1]) if values else math.nan
 
 
+def registered_classifier(method: str | None) -> str:
+    """The classifier a registered method predicts with (``Method.classifier``), for records
+    written before runs recorded it."""
+    from .methods import METHODS
+    return METHODS[method].classifier if method in METHODS else "linear head"
+
+
 def row(record: dict | None, config: dict | None = None, path: str | Path | None = None) -> dict:
     """One table row from a results record (``results.json``) and a config (``config.yaml``;
     the record's own copy when None)."""
@@ -66,6 +74,7 @@ def row(record: dict | None, config: dict | None = None, path: str | Path | None
         "accuracy_matrix": record.get("accuracy_matrix") or [],
         "num_classes": tasks[-1][1] if tasks else None,
         "base_classes": record.get("first_task_classes"),
+        "classifier": record.get("classifier") or registered_classifier(out.get("method")),
     }
     seconds: dict[str, float] = {}
     for timings in record.get("wall_seconds") or []:

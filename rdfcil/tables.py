@@ -44,24 +44,29 @@ def split_label(num_tasks: int, first_task_classes: int | None, num_classes: int
 # --------------------------------------------------------------------------- the rows
 
 def summary_rows(results, published=None) -> list[dict]:
-    """One row per (split, method), splits in order, methods by rank: final and average
+    """One row per (split, method, classifier), splits in order, methods by rank: final and average
     incremental accuracy, mean and sample std over seeds (std None for one seed), mean wall time
-    per run, and ``published(dataset, method, num_tasks, first_task_classes)``'s numbers.
+    per run, and ``published(dataset, method, num_tasks, first_task_classes)``'s numbers (with
+    ``classifier=`` for a classifier other than the linear head; ``paper_protocol`` says how a
+    published setting differs from the run's, None where it does not).
     ``results``: a table from :func:`rdfcil.collect` (one row per run) or a list of Results."""
     from .runtable import frame
     table = results if hasattr(results, "groupby") else frame(results)
     table = table.assign(_order=table["method"].map(method_rank), _first=table["base_classes"].astype(object))
-    keys = ["num_tasks", "_first", "num_classes", "_order", "method"]
+    if "classifier" not in table:
+        table = table.assign(classifier="linear head")
+    keys = ["num_tasks", "_first", "num_classes", "_order", "method", "classifier"]
     stats = table.groupby(keys, sort=True, dropna=False).agg(
         dataset=("dataset", "first"), seeds=("seed", list), runs=("seed", "size"),
         final_mean=("final_accuracy", "mean"), final_std=("final_accuracy", "std"),
         avg_mean=("average_incremental_accuracy", "mean"), avg_std=("average_incremental_accuracy", "std"),
         seconds_mean=("seconds_total", "mean"))
     rows = []
-    for (tasks, first, classes, _, method), r in stats.iterrows():
+    for (tasks, first, classes, _, method, classifier), r in stats.iterrows():
         tasks, classes = int(tasks), int(classes)
         first = None if first is None or (isinstance(first, float) and math.isnan(first)) else int(first)
-        paper = (published(r.dataset, method, tasks, first) if published else None) or {}
+        by = {"classifier": classifier} if classifier != "linear head" else {}  # FeTrIL's LinearSVC or fc head
+        paper = (published(r.dataset, method, tasks, first, **by) if published else None) or {}
         single = r.runs < 2
         rows.append({
             "dataset": r.dataset, "method": method, "num_tasks": tasks, "first_task_classes": first,
@@ -70,6 +75,7 @@ def summary_rows(results, published=None) -> list[dict]:
             "avg_mean": float(r.avg_mean), "avg_std": None if single else float(r.avg_std),
             "paper_last": paper.get("last"), "paper_last_std": paper.get("last_std"),
             "paper_avg": paper.get("avg"), "seconds_mean": float(r.seconds_mean),
+            "classifier": classifier, "paper_protocol": paper.get("protocol"),
         })
     return rows
 
@@ -93,30 +99,50 @@ def _pm(mean, std, pm: str = " ± ", missing: str = "–") -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f}{pm}{std:.2f}"
 
 
-def _columns(published: bool, seconds: bool) -> list[tuple[str, str, callable]]:
-    """(Markdown header, LaTeX header, cell(row, pm, missing)) of each column."""
+def _protocols(rows: Sequence[Mapping]) -> list[str]:
+    """The published settings that differ from the runs' (``paper_protocol``), in order."""
+    return list(dict.fromkeys(r["paper_protocol"] for r in rows if r.get("paper_protocol")))
+
+
+def _paper(r, value, std, pm, missing, notes: list[str]) -> str:
+    """A published cell; a number from another protocol carries the number of its note."""
+    cell = _pm(value, std, pm, missing)
+    if cell != missing and r.get("paper_protocol"):
+        cell += f" [{notes.index(r['paper_protocol']) + 1}]"
+    return cell
+
+
+def _columns(published: bool, seconds: bool, notes: list[str] = ()) -> list[tuple[str, str, callable]]:
+    """(Markdown header, LaTeX header, cell(row, pm, missing)) of each column; ``notes``: the
+    protocols of published numbers from another setting (:func:`_protocols`)."""
     columns = [("method", "Method", lambda r, pm, missing: method_label(r["method"])),
                ("split", "Split", lambda r, pm, missing: r["split"]),
                ("seeds", "Seeds", lambda r, pm, missing: str(len(r["seeds"]))),
                ("final (ours)", "Final (ours)", lambda r, pm, missing: _pm(r["final_mean"], r["final_std"], pm))]
     if published:
         columns.append(("final (published)", "Final (publ.)",
-                        lambda r, pm, missing: _pm(r["paper_last"], r["paper_last_std"], pm, missing)))
+                        lambda r, pm, missing: _paper(r, r["paper_last"], r["paper_last_std"], pm, missing, notes)))
     columns.append(("avg. incr. (ours)", "Avg (ours)", lambda r, pm, missing: _pm(r["avg_mean"], r["avg_std"], pm)))
     if published:
         columns.append(("avg. incr. (published)", "Avg (publ.)",
-                        lambda r, pm, missing: _pm(r["paper_avg"], None, pm, missing)))
+                        lambda r, pm, missing: _paper(r, r["paper_avg"], None, pm, missing, notes)))
     if seconds:
         columns.append(("wall time per run (s)", "Time (s)", lambda r, pm, missing: f"{r['seconds_mean']:.0f}"))
+    columns.append(("classifier", "Classifier", lambda r, pm, missing: r.get("classifier") or "linear head"))
     return columns
 
 
 def markdown_table(rows: Sequence[dict], published: bool = True, seconds: bool = False) -> str:
     """The table in Markdown (accuracies in %, mean ± std over seeds); ``published``: the
-    published numbers beside ours; ``seconds``: the mean wall time per run."""
-    columns = _columns(published, seconds)
-    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * 3 + "---:|" * (len(columns) - 3)]
+    published numbers beside ours, a number from another setting marked [i] and its setting
+    noted under the table; ``seconds``: the mean wall time per run. The last column names the
+    classifier that made the predictions."""
+    notes = _protocols(rows) if published else []
+    columns = _columns(published, seconds, notes)
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |",
+             "|" + "---|" * 3 + "---:|" * (len(columns) - 4) + "---|"]
     lines += ["| " + " | ".join(c[2](r, " ± ", "–") for c in columns) + " |" for r in rows]
+    lines += ([""] if notes else []) + [f"[{i + 1}] published in another setting: {n}" for i, n in enumerate(notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -129,11 +155,14 @@ def _tex_escape(text: str) -> str:
 def latex_table(rows: Sequence[dict], caption: str | None = None, label: str = "tab:reproduction",
                 published: bool = True, seconds: bool = False) -> str:
     """The table as a booktabs ``table`` (needs ``\\usepackage{booktabs}``), a rule between splits."""
-    columns = _columns(published, seconds)
+    notes = _protocols(rows) if published else []
+    columns = _columns(published, seconds, notes)
     dataset = rows[0]["dataset"] if rows else ""
     caption = caption or (f"Final and average incremental accuracy (\\%) on {_tex_escape(dataset)}, "
-                          "mean $\\pm$ std over seeds" + (", beside the published numbers." if published else "."))
-    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{ll" + "r" * (len(columns) - 2) + "}", r"\toprule",
+                          "mean $\\pm$ std over seeds" + (", beside the published numbers." if published else ".")
+                          + "".join(f" [{i + 1}] Published in another setting: {_tex_escape(n)}."
+                                    for i, n in enumerate(notes)))
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{ll" + "r" * (len(columns) - 3) + "l}", r"\toprule",
              " & ".join(c[1] for c in columns) + r" \\", r"\midrule"]
     previous = None
     for r in rows:
@@ -149,7 +178,7 @@ def latex_table(rows: Sequence[dict], caption: str | None = None, label: str = "
 # Wall time only where asked for: the committed reproduction table depends on the numbers alone,
 # not on the machine's load.
 CSV_FIELDS = ["dataset", "method", "num_tasks", "first_task_classes", "split", "seeds", "final_mean", "final_std",
-              "avg_mean", "avg_std", "paper_last", "paper_last_std", "paper_avg"]
+              "avg_mean", "avg_std", "paper_last", "paper_last_std", "paper_avg", "classifier", "paper_protocol"]
 
 
 def csv_table(rows: Sequence[dict], seconds: bool = False) -> str:

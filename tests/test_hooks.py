@@ -119,19 +119,31 @@ def test_the_statistics_pass_reads_the_tasks_images_once_without_gradients_on_th
 
 SCRIPT = textwrap.dedent('''
     import sys, torch
-    sys.path.insert(0, {tests!r})
-    from test_hooks import ClassSums, setup
+    from rdfcil.config import Config
+    from rdfcil.data import SPECS, Benchmark, TensorImages
     from rdfcil.distributed import Distributed
     from rdfcil.engine import statistics_pass
-    from rdfcil.methods import Task
+    from rdfcil.methods import FeCAM, NCM, Task
+    from rdfcil.nets import build_model
+    sys.path.insert(0, {tests!r})
+    from test_hooks import ClassSums
     ddp = Distributed.from_env("cpu")
-    config, bench, model = setup(device="cpu")
+    g = torch.Generator().manual_seed(0)  # 5 classes x 40 random 8x8 images, without loading a dataset
+    labels = torch.arange(5).repeat_interleave(40)
+    images = (labels.view(-1, 1, 1, 1) * 40 + torch.randint(0, 60, (200, 1, 8, 8), generator=g)).to(torch.uint8)
+    spec = SPECS["digits"]
+    bench = Benchmark(spec, TensorImages(images, labels, spec, "cpu"), None, list(range(5)), [range(0, 5)])
+    config = Config(batch_size=32)
+    torch.manual_seed(0)
+    model = build_model("resnet8", 1, 8).eval()
     model.head.add_task(5)
-    method = ClassSums(config, model, bench.spec)
-    statistics_pass(model, method, Task(0, bench.tasks[0], 2), bench, config, ddp)
+    method, fecam, ncm = (cls(config, model, spec) for cls in (ClassSums, FeCAM, NCM))
+    for m in (method, fecam, ncm):
+        statistics_pass(model, m, Task(0, range(0, 5), 1), bench, config, ddp)
     if ddp.is_main:
         torch.save(dict(count=method.count, total=method.total, outer=method.outer,
-                        sizes=[c["size"] for c in method.calls]), {out!r})
+                        sizes=[c["size"] for c in method.calls], fecam_means=fecam.means,
+                        fecam_precisions=fecam.precisions, ncm_means=ncm.means), {out!r})
     ddp.close()
 ''')
 
@@ -153,6 +165,8 @@ def test_two_gloo_processes_give_the_statistics_of_one(tmp_path):
     assert torch.equal(one["count"], two["count"]) and one["count"].sum() == 200
     torch.testing.assert_close(two["total"], one["total"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(two["outer"], one["outer"], rtol=1e-5, atol=1e-6)
+    for key in ("fecam_means", "fecam_precisions", "ncm_means"):  # the methods' statistics too
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-4)
 
 
 class FrozenWithFeatureHead(ClassSums):

@@ -167,7 +167,7 @@ def test_table_writers_hold_the_rows_and_numbers(tmp_path):
     assert "| R-DFCIL | 50 + 5 × 10 | 2 | 54.50 ± 0.71 | 54.76 ± 0.76 | " in md
     assert "| R-DFCIL | 50 + 25 × 2 | 1 | 30.00 | 30.01 ± 0.56 | " in md and "| 49.95 |" in md
     tex = paths["tex"].read_text()
-    assert r"\begin{tabular}{llrrrrr}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"\begin{tabular}{llrrrrrl}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
     assert r"R-DFCIL & 50 + 5 $\times$ 10 & 2 & 54.50 $\pm$ 0.71 & 54.76 $\pm$ 0.76" in tex
     assert tex.count(r"\midrule") == 2  # after the header and between the two splits
     parsed = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
@@ -258,3 +258,51 @@ def test_batchnorm_statistics_match_the_inversion_loss_terms():
     assert first["kl"] == pytest.approx(float(bn_kl(first["mean"], first["var"], first["running_mean"],
                                                     first["running_var"])), rel=1e-5)
     assert not any(m._forward_pre_hooks for m in model.modules())  # every hook removed
+
+
+def test_tables_name_the_classifier_and_mark_numbers_from_another_setting():
+    """FeTrIL's two classifiers are two rows, each beside its own published number; a number
+    published on another backbone carries a note; every row names its classifier."""
+    def with_classifier(result, classifier):
+        return Results({**result.data, "classifier": classifier})
+    runs = [with_classifier(fake_result("fetril", 1, 50.0), paper.SVM_CLASSIFIER),
+            with_classifier(fake_result("fetril", 1, 48.0), paper.FC_CLASSIFIER),
+            with_classifier(fake_result("fecam", 1, 60.0), paper.FECAM_CLASSIFIER), fake_result("rdfcil", 1, 55.0)]
+    rows = tables.summary_rows(runs, paper.published)
+    by = {(r["method"], r["classifier"]): r for r in rows}
+    assert by[("rdfcil", "linear head")]["paper_protocol"] is None
+    svm, fc = by[("fetril", paper.SVM_CLASSIFIER)], by[("fetril", paper.FC_CLASSIFIER)]
+    assert (svm["paper_avg"], svm["paper_protocol"]) == (65.38, None)  # PyCIL's ResNet-32: the lab's setting
+    assert (fc["paper_avg"], fc["paper_protocol"]) == (65.78, None)
+    fecam = by[("fecam", paper.FECAM_CLASSIFIER)]
+    assert (fecam["paper_avg"], fecam["paper_last"], fecam["paper_protocol"]) == (70.9, 62.1, paper.RESNET18)
+    md = tables.markdown_table(rows)
+    assert md.splitlines()[0].endswith("| classifier |")
+    assert "| 62.10 [1] |" in md and "| 70.90 [1] |" in md and f"[1] published in another setting: {paper.RESNET18}" in md
+    assert f"| {paper.SVM_CLASSIFIER} |" in md and f"| {paper.FC_CLASSIFIER} |" in md and "| linear head |" in md
+    assert "[1] Published in another setting" in tables.latex_table(rows)
+    parsed = list(csv.DictReader(io.StringIO(tables.csv_table(rows))))
+    assert {r["classifier"] for r in parsed} == {"linear head", paper.SVM_CLASSIFIER, paper.FC_CLASSIFIER,
+                                               paper.FECAM_CLASSIFIER}
+
+
+def test_published_numbers_of_the_frozen_backbone_methods():
+    from rdfcil.methods import METHODS
+    from rdfcil.config import resolve
+    from rdfcil.data import SPECS
+    from rdfcil.nets import build_model
+    assert paper.published("cifar100", "ncm", 6, 50)["avg"] == 64.8
+    assert paper.published("cifar100", "fecam", 11, 50)["protocol"] == paper.RESNET18
+    assert paper.published("cifar100", "fetril", 61, 40, classifier=paper.FC_CLASSIFIER)["avg"] == 62.09
+    assert paper.published("cifar100", "fetril", 21, 40)["avg"] == 61.5  # only the authors' ResNet-18 number
+    assert paper.published("cifar100", "fetril", 21, 40)["protocol"] == paper.FETRIL_RESNET18
+    cold = paper.published("cifar100", "fecam", 10, None)
+    assert cold["last"] == 37.63 and "cold start" in cold["protocol"]
+    assert [r["avg"] for r in paper.published_records("cifar100", "fetril", 6, 50, paper.SVM_CLASSIFIER)] == \
+        [65.38, 66.3, 67.6]
+    # the records' classifiers are the ones the methods name
+    model = build_model("resnet8", 1, 8)
+    named = {METHODS["ncm"].classifier, METHODS["fecam"].classifier} | {
+        METHODS["fetril"](resolve({"method": "fetril", "fetril_classifier": k}), model, SPECS["digits"]).classifier
+        for k in ("svm", "fc")}
+    assert {r["classifier"] for r in paper.BEYOND} == named

@@ -3,7 +3,8 @@ method, registered in :data:`METHODS` in the order they are imported here (the o
 CLI's choices).
 
 ``base`` holds the interface (:class:`Task`, :class:`Phase`, :class:`Method`,
-:class:`TaskEnd`, the registry), ``replay`` the inversion replay component.
+:class:`TaskEnd`, the registry), ``replay`` the inversion replay component, ``features`` the
+class statistics of frozen features (NCM, FeCAM, FeTrIL).
 """
 
 from .base import METHODS, Method, Phase, Task, TaskEnd, build_method, method_keys, register, unused_keys
@@ -14,9 +15,12 @@ from .lwf import LwF
 from .deepinversion import DeepInversion
 from .abd import ABD
 from .rdfcil import RDFCIL, ClassCounts
+from .ncm import NCM
+from .fecam import FeCAM
+from .fetril import FeTrIL
 from .acil import ACIL
 from .dsal import DSAL
 
 __all__ = ["METHODS", "Method", "Phase", "Task", "TaskEnd", "build_method", "method_keys", "register",
            "unused_keys", "InversionReplay", "Finetune", "Joint", "LwF", "DeepInversion", "ABD", "RDFCIL",
-           "ClassCounts", "ACIL", "DSAL"]
+           "ClassCounts", "NCM", "FeCAM", "FeTrIL", "ACIL", "DSAL"]

@@ -70,6 +70,7 @@ class Phase:
     on_epoch_end: Callable[[], None] | None = None  # called by the engine after each epoch
     batches: Callable[[torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
     num_batches: Callable[[], int] | None = None  # batches per epoch of ``batches``
+    weight_decay: float | None = None  # None: the run's ``weight_decay``
 
 
 class Method:
@@ -100,7 +101,8 @@ class Method:
     keys: frozenset = frozenset()
     label, color, rank = "", "black", 50
     # Whose published settings the paper preset takes (METHOD.md sections 7, 8): "rdfcil" (the
-    # R-DFCIL paper's table) or "abd" (the ABD repository's scripts, for the baselines it runs).
+    # R-DFCIL paper's table), "abd" (the ABD repository's scripts, for the baselines it runs) or
+    # a key of config.BASE_RECIPES ("fecam", "fetril": the authors' base-task schedule).
     preset_source = "rdfcil"
     classifier = "linear head"  # what makes the prediction, named in tables ("NCM", "FeCAM (Mahalanobis)", ...)
     keeps_old_model = False
