@@ -24,7 +24,7 @@ class ACIL(Method):
     run no SGD phase. Prediction: ``argmax ReLU(f W_B^T) W`` (:meth:`scores`).
     """
 
-    name, label, color, rank = "acil", "ACIL", "#AA3377", 34
+    name, label, color, rank = "acil", "ACIL", "#44AA99", 65
     preset_source = "analytic"
     classifier = "analytic (RLS)"
     keys = frozenset({"analytic_buffer", "analytic_gamma", "analytic_batch"})

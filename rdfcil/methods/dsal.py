@@ -20,7 +20,7 @@ class DSAL(ACIL):
     Prediction: ``argmax main + dsal_compensation * compensation``.
     """
 
-    name, label, color, rank = "dsal", "DS-AL", "#882255", 35
+    name, label, color, rank = "dsal", "DS-AL", "#332288", 66
     classifier = "analytic, dual stream (RLS)"
     keys = ACIL.keys | {"dsal_compensation", "dsal_gamma_comp"}
 
