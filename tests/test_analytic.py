@@ -211,7 +211,7 @@ def image_batches(generator, classes, n=3, size=5, device="cpu"):
 
 
 def test_dsal_runs_the_base_task_then_statistics_only(tmp_path):
-    results = run(resolve({**TINY, "method": "dsal", "out": str(tmp_path)}))
+    results = run(resolve({**TINY, "method": "dsal", "train_per_class": 40, "out": str(tmp_path)}))
     assert METHODS["dsal"].classifier == "analytic, dual stream (RLS)" and METHODS["acil"].classifier == "analytic (RLS)"
     first, second = results.wall_seconds
     assert set(first) == {"base", "statistics", "eval"} and set(second) == {"statistics", "eval"}
