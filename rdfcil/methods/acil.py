@@ -22,6 +22,9 @@ class ACIL(Method):
     a fixed random expansion of ``analytic_buffer`` units with ReLU and a ridge-regression head
     (``analytic_gamma``) in float64, equal to the authors' recursive least squares. Later tasks
     run no SGD phase. Prediction: ``argmax ReLU(f W_B^T) W`` (:meth:`scores`).
+
+    Every task's checkpoint holds the head's sums in float64, ``analytic_buffer^2 * 8`` bytes per
+    stream (512 MiB for ACIL at the authors' 8192 units, twice that for DS-AL).
     """
 
     name, label, color, rank = "acil", "ACIL", "#44AA99", 65
