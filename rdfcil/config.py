@@ -201,6 +201,9 @@ class Config:
         help="Joint retrains from a fresh initialisation at each task; false: it continues from the last task",
         unit="", paper=True))
     # -- run --
+    threads: int | None = field(default=None, metadata=dict(
+        help="CPU threads of the run (torch.set_num_threads; a different count sums in a different order, so "
+             "gives slightly different numbers); none: torch's default", unit="threads", paper=NA))
     device: str = field(default="auto", metadata=dict(
         help="auto (CUDA when there is one), cpu, cuda or cuda:<i>", unit="", paper=NA))
     precision: str = field(default="fp32", metadata=dict(
@@ -545,4 +548,6 @@ def validate(c: Config) -> None:
            f"milestones must be a list of positive epochs, got {c.milestones!r}")
     _check(c.train_per_class is None or c.train_per_class > 0,
            f"train_per_class must be positive, got {c.train_per_class!r}")
+    _check(c.threads is None or isinstance(c.threads, int) and c.threads > 0,
+           f"threads must be a positive integer or none, got {c.threads!r}")
     _check(c.synthetic_pool >= 0, f"synthetic_pool must be >= 0, got {c.synthetic_pool!r}")

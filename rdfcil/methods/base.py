@@ -83,6 +83,10 @@ class Method:
     name: str = ""
     keys: frozenset = frozenset()
     label, color, rank = "", "black", 50
+    # Where the documentation and the README's methods table place and describe it: its family
+    # (``inversion``, ``bound``, ``statistics``, ``analytic``, ``drift``), its paper, and what is
+    # as published (empty: the first line of the class docstring stands in).
+    family, citation, faithful = "", "", ""
     # Whose published settings the paper preset takes (METHOD.md sections 7, 8): "rdfcil" (the
     # R-DFCIL paper's table) or "abd" (the ABD repository's scripts, for the baselines it runs).
     preset_source = "rdfcil"

@@ -32,6 +32,8 @@ class RDFCIL(Method):
     """
 
     name, label, color, rank = "rdfcil", "R-DFCIL", "#EE6677", 40
+    family, citation = "inversion", "Gao et al., ECCV 2022"
+    faithful = "the R-DFCIL code: cl-lite's ResNets, RRL with two forwards (`rrl_forward`), refinement with class counts over the task (`refine_counts`)"
     keys = frozenset({"refine_lr", "lambda_ce", "lambda_hkd", "lambda_rkd", "rkd", "local_ce", "refine",
                       "rrl_forward", "refine_counts"}) | InversionReplay.keys
 
