@@ -1,0 +1,101 @@
+"""The documentation site: ``mkdocs build --strict`` (a broken link, a missing page or any
+warning fails), then Chromium opens the built site through playwright. The notebooks are
+rendered as they are (no execution here: ``make docs`` renders executed copies)."""
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT))
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert "WARNING" not in build.stderr, build.stderr[-3000:]
+    return out
+
+
+def test_every_page_is_built_from_the_sources(site):
+    from rdfcil.config import FIELD_NAMES
+    from rdfcil.methods import METHODS
+    for page in ("getting-started", "datasets", "notebooks", "methods", "methods/inversion", "methods/statistics",
+                 "methods/analytic", "methods/drift", "fidelity", "config", "reproducing", "watching", "results",
+                 "performance", "reliability", "contributing", "api", "cli", "notebooks/reproduce",
+                 "notebooks/02_model_inversion"):
+        assert (site / page / "index.html").is_file(), page
+    config = (site / "config" / "index.html").read_text()
+    assert all(f"<code>{key}</code>" in config for key in FIELD_NAMES)
+    methods = (site / "methods" / "index.html").read_text()
+    assert all(f"<code>{name}</code>" in methods for name in METHODS)
+    cli = (site / "cli" / "index.html").read_text()
+    assert all(f"<code>{command}</code>" in cli for command in ("run", "list", "bench-accuracy", "bench-speed", "check"))
+    inversion = (site / "methods" / "inversion" / "index.html").read_text()
+    assert 'id="rdfcil.methods.rdfcil.RDFCIL"' in inversion and 'id="rdfcil.methods.abd.ABD"' in inversion
+
+
+def serve(folder: Path):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_site_in_a_browser(site):
+    """Search, a figure, the API page of rdfcil.run, and no console error on any page visited."""
+    browser_path = chromium()
+    if browser_path is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the docs extra)")
+    server = serve(site)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    errors = []
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append((page.url, m.text)) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append((page.url, str(e))))
+
+            page.goto(base + "/")
+            page.fill("input.md-search__input", "relational knowledge distillation")
+            page.wait_for_selector(".md-search-result__item", timeout=20000)
+            results = page.inner_text(".md-search-result")
+            assert "Model inversion" in results and "relational knowledge distillation" in results.lower()
+
+            page.goto(base + "/results/")
+            figure = page.locator("img[src$='accuracy_curves.png']").first
+            figure.scroll_into_view_if_needed()
+            page.wait_for_function("img => img.complete", arg=figure.element_handle(), timeout=10000)
+            assert figure.evaluate("img => img.naturalWidth") > 0
+
+            page.goto(base + "/api/")
+            heading = page.locator("[id='rdfcil.run']")
+            assert heading.count() == 1 and "rdfcil.run" in heading.inner_text()
+
+            page.goto(base + "/notebooks/reproduce/")
+            assert "Reproduce" in page.title()
+            browser.close()
+    finally:
+        server.shutdown()
+    assert errors == []
