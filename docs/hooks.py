@@ -5,6 +5,7 @@ Notebooks: the executed copies under ``build/notebooks/`` (``make docs`` writes 
 papermill) when they exist, else the committed notebooks (no outputs). Figures: ``figures/``.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,10 @@ def on_pre_build(config, **kwargs):
     target.mkdir()
     for source in sorted((ROOT / "notebooks").glob("*.ipynb")):
         executed = EXECUTED / source.name
-        shutil.copyfile(executed if executed.is_file() else source, target / source.name)
+        text = (executed if executed.is_file() else source).read_text()
+        # Links from a notebook to the documentation's sources, as the site's pages.
+        text = re.sub(r"\]\(\.\./docs/([^)#]*?)(?:index)?\.md", lambda m: f"](../../{m.group(1).rstrip('/')}/", text)
+        (target / source.name).write_text(text)
     figures = DOCS / "figures"
     shutil.rmtree(figures, ignore_errors=True)
     shutil.copytree(ROOT / "figures", figures, ignore=shutil.ignore_patterns("*.pdf", "*.tex", "*.csv", "*.md"))

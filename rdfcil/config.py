@@ -47,7 +47,7 @@ def method_names() -> tuple[str, ...]:
 
 def uses_abd_scripts(method: str) -> bool:
     """Whether the paper preset of ``method`` is the ABD repository's scripts (the baselines as
-    GT-RIPL/AlwaysBeDreaming-DFCIL runs them, METHOD.md section 8): its ``preset_source``."""
+    GT-RIPL/AlwaysBeDreaming-DFCIL runs them, docs/methods/inversion.md, "The baselines"): its ``preset_source``."""
     from .methods import METHODS
     return getattr(METHODS.get(method), "preset_source", None) == "abd"
 
@@ -261,8 +261,8 @@ ABD_NOTES = ("paper: the ABD repository's script settings for this baseline (its
 
 
 def _paper(dataset: str, method: str = "rdfcil") -> dict:
-    """Section 7 of METHOD.md, exactly; for the ABD repository's baselines its script settings
-    (section 8)."""
+    """The published settings (docs/methods/inversion.md, "Published settings"), exactly; for the ABD repository's
+    baselines its script settings."""
     common = dict(lr=0.1, lr_decay=0.1, momentum=0.9, refine_lr=0.005, inversion_lr=1e-3,
                   z_dim=1000, generator_width=128, content_temperature=1000.0, alpha_cb=1.0,
                   alpha_pr=1e-3, alpha_rf=50.0, lambda_ce=0.5, lambda_hkd=0.15, lambda_rkd=0.5,

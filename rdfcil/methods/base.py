@@ -87,7 +87,7 @@ class Method:
     # (``inversion``, ``bound``, ``statistics``, ``analytic``, ``drift``), its paper, and what is
     # as published (empty: the first line of the class docstring stands in).
     family, citation, faithful = "", "", ""
-    # Whose published settings the paper preset takes (METHOD.md sections 7, 8): "rdfcil" (the
+    # Whose published settings the paper preset takes (docs/methods/inversion.md, "Published settings"): "rdfcil" (the
     # R-DFCIL paper's table) or "abd" (the ABD repository's scripts, for the baselines it runs).
     preset_source = "rdfcil"
     keeps_old_model = False
@@ -100,7 +100,7 @@ class Method:
 
     # -- phases ------------------------------------------------------------------------------
     def train_epochs(self, task: Task) -> int:
-        """The base task runs ``epochs - refinement_epochs`` (METHOD.md section 3)."""
+        """The base task runs ``epochs - refinement_epochs`` (docs/methods/index.md, "The network")."""
         c = self.config
         return c.epochs - c.refinement_epochs if task.index == 0 else c.epochs
 
