@@ -2,6 +2,7 @@
 
 Any config key can be given as ``--key value`` (``--tasks 5``, ``--lr-incremental 0.01``);
 ``--config file.yaml`` reads a file first; ``--preset quick|paper`` picks a budget.
+``run --help`` and ``list`` show every config key with its meaning, unit and published value.
 Errors print one line (``error: ...``) and exit with status 2.
 """
 
