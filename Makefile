@@ -39,10 +39,11 @@ test: setup browser
 	$(PY) -m pytest --nbval-lax --durations=25 tests notebooks
 
 # Executed copies of the notebooks (their runs reused from runs/notebooks when present).
-notebooks: setup
-	@mkdir -p build/notebooks
-	@for nb in notebooks/*.ipynb; do echo "== executing $$nb"; \
+RUN_NOTEBOOKS = mkdir -p build/notebooks && for nb in notebooks/*.ipynb; do echo "== executing $$nb"; \
 	  $(PY) -m papermill --no-progress-bar $$nb build/notebooks/$$(basename $$nb) || exit 1; done
+
+notebooks: setup
+	@$(RUN_NOTEBOOKS)
 
 docs: notebooks
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
@@ -52,7 +53,7 @@ docs: notebooks
 # the notebooks rewrite figures/digits/, then the README's generated tables follow.
 results: setup
 	rm -rf runs/notebooks
-	$(MAKE) notebooks
+	@$(RUN_NOTEBOOKS)
 	$(PY) -m rdfcil.docgen readme
 	@cat figures/digits/reproduction.md
 
