@@ -25,13 +25,18 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# What the lab writes when it regenerates its results: a change there is an output, not code.
+OUTPUTS = ("figures", "README.md")
+
+
 def commit() -> str:
     """``<12-digit commit>`` of the package's checkout, ``+ uncommitted changes`` when a tracked
-    file differs from it; ``unknown commit`` outside a git checkout."""
+    file other than the generated results (:data:`OUTPUTS`) differs from it; ``unknown commit``
+    outside a git checkout."""
     head = _git("rev-parse", "--short=12", "HEAD")
     if not head:
         return "unknown commit"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in OUTPUTS))
     return head + (" + uncommitted changes" if dirty else "")
 
 

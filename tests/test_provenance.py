@@ -27,6 +27,14 @@ def test_commit_says_when_the_tree_differs(tmp_path, monkeypatch):
     assert provenance.commit() == head
     (tmp_path / "untracked.txt").write_text("not part of the code\n")
     assert provenance.commit() == head
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "t.md").write_text("| a |\n")
+    git(tmp_path, "add", "figures")
+    git(tmp_path, "commit", "-qm", "t")
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "figures" / "t.md").write_text("| b |\n")  # a regenerated table is an output, not code
+    assert provenance.commit() == head
     (tmp_path / "a.py").write_text("x = 2\n")
     assert provenance.commit() == head + " + uncommitted changes"
     monkeypatch.setattr(provenance, "ROOT", tmp_path / "missing")
