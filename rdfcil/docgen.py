@@ -33,6 +33,11 @@ MARKER = re.compile(r"^<!-- rdfcil: ([a-z -]+) -->$", re.M)
 
 # --------------------------------------------------------------------------- methods
 
+def _text(text: str) -> str:
+    """Plain text for a Markdown table cell: no column breaks, no HTML tags."""
+    return str(text).replace("|", "/").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _first_line(cls) -> str:
     doc = (cls.__doc__ or "").strip()
     return " ".join(doc.split("\n\n")[0].split()) if doc else ""
@@ -61,8 +66,8 @@ def methods_table(prefix: str = "") -> str:
     page to the documentation's root (``docs/`` from the README, ``../`` from a methods page)."""
     lines = ["| method | `--method` | family | paper | as published |", "|---|---|---|---|---|"]
     for r in method_rows():
-        lines.append(f"| {r['label']} | `{r['name']}` | {_family_link(r['family'], prefix)} | {r['citation']} | "
-                     f"{r['faithful']} |")
+        lines.append(f"| {r['label']} | `{r['name']}` | {_family_link(r['family'], prefix)} | {_text(r['citation'])} | "
+                     f"{_text(r['faithful'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +103,7 @@ def config_table() -> str:
     lines = ["| key | default | unit | published | meaning |", "|---|---|---|---|---|"]
     for r in key_table():
         lines.append(f"| `{r['key']}` | {_cell(r['default'])} | {r['unit']} | {_cell(r['paper'])} | "
-                     f"{r['help'].replace('|', '/')} |")
+                     f"{_text(r['help'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,7 +116,7 @@ def departure_table() -> str:
     meta = {f.name: f.metadata for f in fields(Config)}
     lines = ["| key | published | meaning |", "|---|---|---|"]
     for key, value in PUBLISHED_VARIANTS.items():
-        lines.append(f"| `{key}` | {_cell(value)} | {meta[key]['help'].replace('|', '/')} |")
+        lines.append(f"| `{key}` | {_cell(value)} | {_text(meta[key]['help'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +137,7 @@ def cli_reference() -> str:
             for a in rows:
                 default = "" if a.default in (None, False, argparse.SUPPRESS) else f"`{a.default}`"
                 choices = f" (one of {', '.join(map(str, a.choices))})" if a.choices else ""
-                parts.append(f"| `{', '.join(a.option_strings)}` | {default} | {(a.help or '') + choices} |")
+                parts.append(f"| `{', '.join(a.option_strings)}` | {default} | {_text((a.help or '') + choices)} |")
             parts.append("")
         if name == "run":
             parts.append("Any config key is an option of `run` too (`--key value`, `--no-<key>` for a switch): "

@@ -99,3 +99,31 @@ def test_the_site_in_a_browser(site):
     finally:
         server.shutdown()
     assert errors == []
+
+
+def test_a_new_method_appears_on_its_family_page_or_the_overview(monkeypatch):
+    """The methods pages are filled from the registry: a method of a known family lands on that
+    family's page (its docstring through mkdocstrings), one without a family on the overview."""
+    from rdfcil import docgen
+    from rdfcil.methods import METHODS, Method
+
+    class Statistic(Method):
+        """Nearest class mean on frozen features."""
+        name, label, family = "toy-ncm", "Toy NCM", "statistics"
+
+    class Unsorted(Method):
+        """A method that names no family."""
+        name, label = "toy-other", "Toy other"
+
+    assert "toy-ncm" not in docgen.family_section(["statistics"])
+    assert docgen.family_section(["nothing"]) == "No method of this family is registered in this version of the lab.\n"
+    monkeypatch.setitem(METHODS, "toy-ncm", Statistic)
+    monkeypatch.setitem(METHODS, "toy-other", Unsorted)
+    section = docgen.fill("<!-- rdfcil: family statistics -->")
+    assert f"### Toy NCM (`--method toy-ncm`)\n\n::: {Statistic.__module__}.{Statistic.__qualname__}" in section
+    assert "toy-other" not in section
+    assert f"::: {Unsorted.__module__}.{Unsorted.__qualname__}" in docgen.fill("<!-- rdfcil: other-methods -->")
+    table = docgen.methods_table("docs/")
+    assert ("| Toy NCM | `toy-ncm` | [statistics](docs/methods/statistics.md) | Nearest class mean on frozen features. | "
+            "Nearest class mean on frozen features. |") in table
+    assert "| Toy other | `toy-other` | other | A method that names no family. |" in table
