@@ -1,13 +1,12 @@
-"""The documentation site: ``mkdocs build --strict`` (a broken link, a missing page or any
-warning fails), then Chromium opens the built site through playwright. The notebooks are
+"""The documentation site: built as ``mkdocs build --strict`` does (a broken link, a missing
+page or any warning fails), then Chromium opens the built site through playwright. The notebooks are
 rendered as they are (no execution here: ``make docs`` renders executed copies)."""
 
 import functools
 import http.server
+import logging
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -25,13 +24,31 @@ def chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    """The site built with ``--strict``, in this process (the package is imported already)."""
     pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
     out = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT))
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                           cwd=ROOT, env=env, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-3000:]
-    assert "WARNING" not in build.stderr, build.stderr[-3000:]
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("mkdocs").addHandler(handler)
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)
+        config = load_config(str(ROOT / "mkdocs.yml"), strict=True, site_dir=str(out))
+        config.plugins.on_startup(command="build", dirty=False)
+        try:
+            build(config)
+        except BaseException as err:  # mkdocs stops a strict build with an exception
+            pytest.fail(f"mkdocs build --strict failed: {err!r}; warnings: {warnings}")
+        finally:
+            config.plugins.on_shutdown()
+    finally:
+        os.chdir(cwd)
+        logging.getLogger("mkdocs").removeHandler(handler)
+    assert warnings == []
     return out
 
 
