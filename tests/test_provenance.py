@@ -83,7 +83,10 @@ def test_every_table_format_carries_the_stamp(tmp_path):
 def test_bench_accuracy_stamps_its_table(tmp_path):
     tiny = {"epochs": 2, "refinement_epochs": 1, "milestones": [1], "backbone": "resnet8", "num_tasks": 2,
             "batch_size": 32, "train_per_class": 20, "progress": False, "logger": "none", "threads": 1}
+    import torch
+    threads = torch.get_num_threads()
     table, paths = bench.bench_accuracy("digits", [0], tmp_path, ["finetune"], tiny, jobs=0)
+    assert torch.get_num_threads() == threads  # the run's threads key applied to the run only
     head = provenance.commit()
     last = paths["md"].read_text().strip().splitlines()[-1]
     assert last.startswith(f"Made at commit {head} on ") and last.endswith("device cpu, 1 thread(s).")
