@@ -1,19 +1,21 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv, fetch Fashion-MNIST where possible, run the demo on the embedded digits data
-#   make test   the same set-up, then the whole test suite
+#   make test   the same set-up (Chromium too, where apt can install it), then the whole test suite
+#   make docs   execute copies of the notebooks, then build the documentation site (build/site) with --strict
+#   make results  rerun the notebooks' runs at HEAD: every committed table and figure, and the README's tables
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench-accuracy data clean
+.PHONY: setup demo test bench-accuracy data browser notebooks docs results clean
 
 $(STAMP): pyproject.toml
 	@echo "== set-up: creating $(VENV) and installing rdfcil with its dependencies"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,docs]"
 	@touch $(STAMP)
 
 setup: $(STAMP) data
@@ -30,12 +32,34 @@ demo: setup
 	@echo "== runs:    runs/notebooks/digits/"
 	@cat figures/digits/reproduction.md
 
-test: setup
+browser:
+	@bash .ci/fetch-chromium
+
+test: setup browser
 	$(PY) -m pytest --nbval-lax --durations=25 tests notebooks
+
+# Executed copies of the notebooks (their runs reused from runs/notebooks when present).
+RUN_NOTEBOOKS = mkdir -p build/notebooks && for nb in notebooks/reproduce.ipynb notebooks/0*.ipynb; do echo "== executing $$nb"; \
+	  $(PY) -m papermill --no-progress-bar $$nb build/notebooks/$$(basename $$nb) || exit 1; done
+
+notebooks: setup
+	@$(RUN_NOTEBOOKS)
+
+docs: notebooks
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+	@echo "== site: build/site/index.html"
+
+# Every committed table and figure from runs made at HEAD: the notebooks' runs are made anew,
+# the notebooks rewrite figures/digits/, then the README's generated tables follow.
+results: setup
+	rm -rf runs/notebooks
+	@$(RUN_NOTEBOOKS)
+	$(PY) -m rdfcil.docgen readme
+	@cat figures/digits/reproduction.md
 
 bench-accuracy: setup
 	$(PY) -m rdfcil bench-accuracy --dataset digits --preset quick --seeds 0 1 2
 	$(PY) -m rdfcil bench-accuracy --dataset fashion-mnist --preset quick --seeds 0 1 2
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs build .pytest_cache docs/notebooks docs/figures

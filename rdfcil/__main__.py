@@ -2,6 +2,7 @@
 
 Any config key can be given as ``--key value`` (``--tasks 5``, ``--lr-incremental 0.01``);
 ``--config file.yaml`` reads a file first; ``--preset quick|paper`` picks a budget.
+``run --help`` and ``list`` show every config key with its meaning, unit and published value.
 Errors print one line (``error: ...``) and exit with status 2.
 """
 
@@ -12,7 +13,7 @@ import os
 import signal
 import sys
 
-from .config import (ALIASES, FIELD_NAMES, PRESETS, SWITCHES, Config, canonical_key, dataset_names, method_names,
+from .config import (ALIASES, PRESETS, SWITCHES, canonical_key, dataset_names, key_lines, method_names,
                      resolve)
 from .errors import RdfcilError
 
@@ -48,10 +49,8 @@ def command_list() -> None:
               f"default preset {s.default_preset}")
     print("methods:  " + ", ".join(method_names()))
     print("presets:  " + ", ".join(PRESETS))
-    print("config keys (defaults):")
-    defaults = Config()
-    for name in FIELD_NAMES:
-        print(f"  --{name.replace('_', '-'):22s} {getattr(defaults, name)!r}")
+    print("config keys: --key default [unit; published value], then its meaning:")
+    print("\n".join(key_lines()))
     print("aliases:  " + ", ".join(f"--{a} = --{b.replace('_', '-')}" for a, b in ALIASES.items()))
 
 
@@ -108,7 +107,9 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m rdfcil", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run one configuration (any config key as --key value)")
+    keys = "config keys (--key value; --no-<key> for a switch):\n" + "\n".join(key_lines(90))
+    r = sub.add_parser("run", help="run one configuration (any config key as --key value)", epilog=keys,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--config", help="a YAML file of config keys")
     r.add_argument("--force", action="store_true", help="retrain even if the run folder holds a finished run")
     r.add_argument("--no-resume", action="store_true", help="start over instead of continuing")

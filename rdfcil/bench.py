@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .config import method_names, resolve
 from .runs import Results, run_name
 from . import tables
@@ -31,6 +33,11 @@ def bench_accuracy(dataset: str, seeds, out: str | Path, methods=None, overrides
                    force: bool = False, jobs: int | None = None) -> tuple[str, dict]:
     from .runtable import collect
     results = sweep(dataset, methods or method_names(), seeds, out, overrides, force, jobs)
-    rows = tables.summary_rows(collect([r.config["out"] for r in results]))  # this sweep's run folders
-    paths = tables.write_tables(rows, Path(out) / "accuracy", ("md", "csv", "json"), published=False, seconds=True)
-    return tables.markdown_table(rows, published=False, seconds=True), paths
+    from .provenance import line, stamp
+    folders = [r.config["out"] for r in results]  # this sweep's run folders
+    rows = tables.summary_rows(collect(folders))
+    from .sweep import cpu_threads, default_jobs
+    made = stamp(folders=folders, threads=torch.get_num_threads() if jobs == 0 else cpu_threads(jobs or default_jobs([])))
+    paths = tables.write_tables(rows, Path(out) / "accuracy", ("md", "csv", "json"), published=False, seconds=True,
+                                stamp=made)
+    return tables.markdown_table(rows, published=False, seconds=True) + "\n" + line(made) + "\n", paths

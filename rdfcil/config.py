@@ -56,77 +56,159 @@ def preset_source(method: str) -> str | None:
 
 def uses_abd_scripts(method: str) -> bool:
     """Whether the paper preset of ``method`` is the ABD repository's scripts (the baselines as
-    GT-RIPL/AlwaysBeDreaming-DFCIL runs them, METHOD.md section 8): its ``preset_source``."""
+    GT-RIPL/AlwaysBeDreaming-DFCIL runs them, docs/methods/inversion.md, "The baselines"): its ``preset_source``."""
     from .methods import METHODS
     return getattr(METHODS.get(method), "preset_source", None) == "abd"
 
 
+# The ``paper`` metadata of a key that is no setting of the published method (how the lab runs).
+NA = "n/a"
+METADATA = ("help", "unit", "paper")
+
+
 @dataclass
 class Config:
-    """Every setting of a run. Section numbers refer to ../shared/METHOD.md."""
+    """Every setting of a run. Each field's metadata holds its meaning (``help``), its ``unit``
+    and its published value (``paper``; :data:`NA` for keys that only say how the lab runs):
+    ``python -m rdfcil list``, ``--help`` and the documentation's configuration page show them
+    (:func:`key_table`). The methods are described on the documentation's methods pages."""
 
-    # -- protocol (section 1) --
-    dataset: str = "digits"
-    method: str = "rdfcil"
-    num_tasks: int = 5
-    first_task_classes: int | None = None  # None: equal split
-    class_order: Any = 0  # int: published order i (paper datasets) or seeded permutation; or a list
-    seed: int = 0
-    preset: str = "none"
+    # -- protocol --
+    dataset: str = field(default="digits", metadata=dict(
+        help="the dataset (python -m rdfcil list names them)", unit="", paper="cifar100"))
+    method: str = field(default="rdfcil", metadata=dict(
+        help="the method (a name from the method registry)", unit="", paper="rdfcil"))
+    num_tasks: int = field(default=5, metadata=dict(
+        help="number of tasks, the base task included", unit="tasks", paper=6))
+    first_task_classes: int | None = field(default=None, metadata=dict(
+        help="classes of the base task; none: an equal split of the classes over the tasks", unit="classes",
+        paper=50))
+    class_order: Any = field(default=0, metadata=dict(
+        help="an index: the dataset's published order i (paper datasets) or a permutation seeded by it; or a list "
+             "of labels", unit="", paper=0))
+    seed: int = field(default=0, metadata=dict(
+        help="seed of every random stage, derived per (seed, task, stage)", unit="", paper=1))
+    preset: str = field(default="none", metadata=dict(
+        help="values set before the YAML file and the overrides: paper (published), quick (a CPU budget) or none",
+        unit="", paper="paper"))
     # -- data --
-    data_root: str = "data"
-    train_per_class: int | None = None  # subsample the training set (quick presets)
-    augment: bool | None = None  # None: the dataset's default (crop + flip where it calls for it)
-    crop_fill: str = "mean"  # mean: crop padding after normalisation (published R-DFCIL); zero: black pixels
-    color_jitter: bool = False  # ABD's scripts: brightness 63/255, contrast 0.8 before the crop
-    imagenet_crop: str = "center_pad"  # R-DFCIL: resize 256, centre crop 224, pad-4 crop; random_resized: ABD
-    num_workers: int = 4  # folder datasets only
-    # -- network (section 2) --
-    backbone: str = "resnet32"
-    resnet_variant: str = "published"  # published: cl-lite's (R-DFCIL code); standard: ReLU after adds, 1x1 shortcuts
-    head_init_std: float | None = 0.001  # normal(0, std) head rows as published; None: PyTorch's default
-    # -- optimisation (sections 3, 5, 6) --
-    epochs: int = 200
-    refinement_epochs: int = 40
-    milestones: list = field(default_factory=lambda: [80, 120])
-    lr: float = 0.1
-    lr_incremental: float | None = None  # None: same as lr
-    lr_decay: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    refine_lr: float = 0.005
-    eval_batch_size: int = 512
-    # -- model inversion (section 4) --
-    inversion_steps: int = 5000
-    inversion_lr: float = 1e-3
-    inversion_batch_size: int | None = None  # None: batch_size
-    z_dim: int = 1000
-    generator_width: int = 128
-    content_temperature: float = 1000.0
-    alpha_cb: float = 1.0
-    alpha_pr: float = 1e-3
-    alpha_rf: float = 50.0
-    synthetic_pool: int = 0  # 0: draw every synthetic batch from G; n: replay from n images made once
-    coverage_samples: int = 2000
-    # -- R-DFCIL losses (sections 5, 6) and ablation switches --
-    lambda_ce: float = 0.5
-    lambda_hkd: float = 0.15
-    lambda_rkd: float = 0.5
-    rkd: str = "angle"
-    rrl_forward: str = "separate"  # separate: real and synthetic in two forwards (published code); joint: one
-    local_ce: bool = True
-    refine: bool = True
-    refine_counts: str = "task"  # task: labels of every step of the task, weights at epoch end (published); refinement
-    # -- baselines (section 8) --
-    kd_temperature: float = 2.0
-    kd_weight: float = 1.0  # mu of the ABD repository's LwF and DeepInversion scripts
-    kd_t2: bool = False  # multiply soft KD by T^2 (the ABD repository does not)
-    deepinversion_replay: str = "published"  # published: CE on real + soft KD on synthetic; global_ce
-    abd_mu: float = 0.1  # ABD's CIFAR-100 scripts
-    abd_ce_weighting: bool = True  # ABD: CE samples weighted n_old/n_seen (old labels), n_new/n_seen (new)
-    generator_carry: bool = True  # ABD repository (abd, deepinversion): one generator + Adam state for all tasks
-    joint_from_scratch: bool = True  # ABD's oracle retrains from scratch at each task
+    data_root: str = field(default="data", metadata=dict(
+        help="folder holding the datasets (<data_root>/<dataset>/...)", unit="path", paper=NA))
+    train_per_class: int | None = field(default=None, metadata=dict(
+        help="training images kept per class (a subsample for CPU budgets); none: all", unit="images", paper=None))
+    augment: bool | None = field(default=None, metadata=dict(
+        help="random crop and flip; none: the dataset's default", unit="", paper=None))
+    crop_fill: str = field(default="mean", metadata=dict(
+        help="padding of the random crop: mean (after normalisation, the mean colour) or zero (black pixels)",
+        unit="", paper="mean"))
+    color_jitter: bool = field(default=False, metadata=dict(
+        help="brightness 63/255 and contrast 0.8 jitter before the crop (the ABD repository's scripts)", unit="",
+        paper=False))
+    imagenet_crop: str = field(default="center_pad", metadata=dict(
+        help="ImageNet-100 training crop: center_pad (resize 256, centre 224, padded random crop) or "
+             "random_resized (RandomResizedCrop 224)", unit="", paper="center_pad"))
+    num_workers: int = field(default=4, metadata=dict(
+        help="DataLoader workers of folder datasets (ImageNet-100, Tiny-ImageNet's first decoding)",
+        unit="processes", paper=NA))
+    # -- network --
+    backbone: str = field(default="resnet32", metadata=dict(
+        help="the feature extractor: resnet8, resnet14, resnet20, resnet32 (32x32 inputs) or resnet18", unit="",
+        paper="resnet32"))
+    resnet_variant: str = field(default="published", metadata=dict(
+        help="published: the R-DFCIL code's ResNets (no ReLU after the residual additions, parameter-free "
+             "shortcuts); standard: a ReLU after every addition and 1x1-conv shortcuts", unit="", paper="published"))
+    head_init_std: float | None = field(default=0.001, metadata=dict(
+        help="standard deviation of the normal initialisation of each head row; none: PyTorch's default",
+        unit="", paper=0.001))
+    # -- optimisation --
+    epochs: int = field(default=200, metadata=dict(
+        help="epochs per task, refinement included", unit="epochs", paper=200))
+    refinement_epochs: int = field(default=40, metadata=dict(
+        help="the last epochs of each incremental task spent on classifier refinement (the base task skips them)",
+        unit="epochs", paper=40))
+    milestones: list = field(default_factory=lambda: [80, 120], metadata=dict(
+        help="epochs at which the learning rate is multiplied by lr_decay", unit="epochs", paper=[80, 120]))
+    lr: float = field(default=0.1, metadata=dict(
+        help="SGD learning rate of the base task (and of every task when lr_incremental is none)", unit="",
+        paper=0.1))
+    lr_incremental: float | None = field(default=None, metadata=dict(
+        help="SGD learning rate of the incremental tasks; none: lr", unit="", paper=None))
+    lr_decay: float = field(default=0.1, metadata=dict(
+        help="factor applied to the learning rate at each milestone", unit="", paper=0.1))
+    momentum: float = field(default=0.9, metadata=dict(help="SGD momentum", unit="", paper=0.9))
+    weight_decay: float = field(default=5e-4, metadata=dict(help="SGD weight decay", unit="", paper=5e-4))
+    batch_size: int = field(default=128, metadata=dict(
+        help="real images per training step", unit="images", paper=128))
+    refine_lr: float = field(default=0.005, metadata=dict(
+        help="constant learning rate of the classifier refinement", unit="", paper=0.005))
+    eval_batch_size: int = field(default=512, metadata=dict(
+        help="images per evaluation batch (does not change the numbers)", unit="images", paper=NA))
+    # -- model inversion --
+    inversion_steps: int = field(default=5000, metadata=dict(
+        help="generator training steps after each task but the last", unit="steps", paper=5000))
+    inversion_lr: float = field(default=1e-3, metadata=dict(
+        help="Adam learning rate of the generator", unit="", paper=1e-3))
+    inversion_batch_size: int | None = field(default=None, metadata=dict(
+        help="synthetic images per inversion and replay step; none: batch_size", unit="images", paper=None))
+    z_dim: int = field(default=1000, metadata=dict(
+        help="dimension of the generator's noise code", unit="", paper=1000))
+    generator_width: int = field(default=128, metadata=dict(
+        help="channels of the generator's first stage", unit="channels", paper=128))
+    content_temperature: float = field(default=1000.0, metadata=dict(
+        help="temperature tau of the content loss's softened pseudo-labels", unit="", paper=1000.0))
+    alpha_cb: float = field(default=1.0, metadata=dict(
+        help="weight of the class-balance (label entropy) term of the inversion loss", unit="", paper=1.0))
+    alpha_pr: float = field(default=1e-3, metadata=dict(
+        help="weight of the smoothness (total variation) prior of the inversion loss", unit="", paper=1e-3))
+    alpha_rf: float = field(default=50.0, metadata=dict(
+        help="weight of the BatchNorm-statistics matching term of the inversion loss", unit="", paper=50.0))
+    synthetic_pool: int = field(default=0, metadata=dict(
+        help="0: draw every synthetic batch from the generator; n: replay from n images made once per task",
+        unit="images", paper=0))
+    coverage_samples: int = field(default=2000, metadata=dict(
+        help="synthetic labels drawn to measure the class coverage of the generator", unit="images", paper=2000))
+    # -- R-DFCIL losses and ablation switches --
+    lambda_ce: float = field(default=0.5, metadata=dict(
+        help="weight of the local cross-entropy (RRL) and of the balanced cross-entropy (refinement)", unit="",
+        paper=0.5))
+    lambda_hkd: float = field(default=0.15, metadata=dict(
+        help="weight of the hard knowledge distillation on synthetic images", unit="", paper=0.15))
+    lambda_rkd: float = field(default=0.5, metadata=dict(
+        help="weight of the relational knowledge distillation on real images", unit="", paper=0.5))
+    rkd: str = field(default="angle", metadata=dict(
+        help="relation distilled in RRL: angle, distance or none (ablation)", unit="", paper="angle"))
+    rrl_forward: str = field(default="separate", metadata=dict(
+        help="separate: real and synthetic batches in two forwards (the published code); joint: one forward over "
+             "both", unit="", paper="separate"))
+    local_ce: bool = field(default=True, metadata=dict(
+        help="RRL's cross-entropy over the new classes only; false: a global CE over real + synthetic (ablation)",
+        unit="", paper=True))
+    refine: bool = field(default=True, metadata=dict(
+        help="run the classifier refinement; false: RRL gets every epoch (ablation)", unit="", paper=True))
+    refine_counts: str = field(default="task", metadata=dict(
+        help="labels counted for the balanced CE's class weights: task (every step of the task, weights updated at "
+             "epoch end) or refinement (refinement steps only, updated each step)", unit="", paper="task"))
+    # -- baselines --
+    kd_temperature: float = field(default=2.0, metadata=dict(
+        help="temperature T of LwF's and DeepInversion's soft distillation", unit="", paper=2.0))
+    kd_weight: float = field(default=1.0, metadata=dict(
+        help="weight mu of LwF's and DeepInversion's distillation term", unit="", paper=1.0))
+    kd_t2: bool = field(default=False, metadata=dict(
+        help="multiply the soft distillation by T^2 (the ABD repository does not)", unit="", paper=False))
+    deepinversion_replay: str = field(default="published", metadata=dict(
+        help="published: CE on real images and soft KD on synthetic ones; global_ce: CE over real + synthetic "
+             "with argmax labels", unit="", paper="published"))
+    abd_mu: float = field(default=0.1, metadata=dict(
+        help="weight of ABD's importance-weighted feature distillation", unit="", paper=0.1))
+    abd_ce_weighting: bool = field(default=True, metadata=dict(
+        help="weight ABD's global CE samples by n_old/n_seen (old labels) and n_new/n_seen (new labels)", unit="",
+        paper=True))
+    generator_carry: bool = field(default=True, metadata=dict(
+        help="ABD and DeepInversion keep one generator and its Adam state from task to task; false: a fresh one",
+        unit="", paper=True))
+    joint_from_scratch: bool = field(default=True, metadata=dict(
+        help="Joint retrains from a fresh initialisation at each task; false: it continues from the last task",
+        unit="", paper=True))
     # -- analytic learning (ACIL, DS-AL) --
     analytic_buffer: int = field(default=8192, metadata=dict(
         help="units of the fixed random expansion with ReLU before the analytic head (the authors' buffer size)",
@@ -172,17 +254,34 @@ class Config:
     fetril_fc_weight_decay: float = field(default=5e-4, metadata=dict(
         help="weight decay of FeTrIL's fc head on features (PyCIL)", unit="", paper=5e-4))
     # -- run --
-    device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA and CPU)
-    phase_precision: dict = field(default_factory=dict)  # {phase: fp32|bf16} overriding precision (precision.py)
-    compile: bool = False  # torch.compile the backbone
-    graphs: bool = False  # each phase's step in torch.compile(mode="reduce-overhead") on CUDA (graphs.py)
-    out: str | None = None
-    progress: bool = True
-    logger: str = "tensorboard"  # tensorboard: <out>/tb/ (nothing logged if the package is missing) | none
-    log_interval: int = 50  # loss terms and lr to the logger every log_interval steps
-    sync_interval: int = 50  # steps between reading the loss terms back to the host (finite check, history, bar)
-    notes: str = ""  # free text, e.g. why a preset departs from the paper
+    threads: int | None = field(default=None, metadata=dict(
+        help="CPU threads of the run (torch.set_num_threads; a different count sums in a different order, so "
+             "gives slightly different numbers); none: torch's default", unit="threads", paper=NA))
+    device: str = field(default="auto", metadata=dict(
+        help="auto (CUDA when there is one), cpu, cuda or cuda:<i>", unit="", paper=NA))
+    precision: str = field(default="fp32", metadata=dict(
+        help="fp32, or bf16 (autocast on CUDA and CPU, the sensitive losses kept in fp32)", unit="", paper="fp32"))
+    phase_precision: dict = field(default_factory=dict, metadata=dict(
+        help="{phase: fp32|bf16} overriding precision for single phases (base, train, rrl, refine, inversion)",
+        unit="", paper={}))
+    compile: bool = field(default=False, metadata=dict(
+        help="torch.compile the backbone", unit="", paper=NA))
+    graphs: bool = field(default=False, metadata=dict(
+        help="wrap each phase's step in torch.compile(mode='reduce-overhead') on CUDA (CUDA graphs)", unit="",
+        paper=NA))
+    out: str | None = field(default=None, metadata=dict(
+        help="the run folder; none: runs/<dataset>/<method>-<tasks>tasks-seed<seed>", unit="path", paper=NA))
+    progress: bool = field(default=True, metadata=dict(
+        help="show a progress bar (one line per run where nobody watches)", unit="", paper=NA))
+    logger: str = field(default="tensorboard", metadata=dict(
+        help="tensorboard (events in <out>/tb/, where the package is installed) or none", unit="", paper=NA))
+    log_interval: int = field(default=50, metadata=dict(
+        help="steps between the loss terms and learning rate sent to the logger", unit="steps", paper=NA))
+    sync_interval: int = field(default=50, metadata=dict(
+        help="steps between reading the loss terms back to the host (finite check, history, progress bar)",
+        unit="steps", paper=NA))
+    notes: str = field(default="", metadata=dict(
+        help="free text, e.g. why a preset departs from the paper", unit="", paper=NA))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -293,8 +392,8 @@ QUICK_FROZEN_NOTES = "; for the frozen-backbone methods (NCM, FeCAM, FeTrIL) thi
 
 
 def _paper(dataset: str, method: str = "rdfcil") -> dict:
-    """Section 7 of METHOD.md, exactly; for the ABD repository's baselines its script settings
-    (section 8)."""
+    """The published settings (docs/methods/inversion.md, "Published settings"), exactly; for the ABD repository's
+    baselines its script settings."""
     common = dict(lr=0.1, lr_decay=0.1, momentum=0.9, refine_lr=0.005, inversion_lr=1e-3,
                   z_dim=1000, generator_width=128, content_temperature=1000.0, alpha_cb=1.0,
                   alpha_pr=1e-3, alpha_rf=50.0, lambda_ce=0.5, lambda_hkd=0.15, lambda_rkd=0.5,
@@ -401,6 +500,45 @@ def preset_values(preset: str, dataset: str, method: str = "rdfcil") -> dict:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Config))
+
+
+def default_value(f: dataclasses.Field) -> Any:
+    """A field's default (its factory called for lists and dicts)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def key_table() -> list[dict]:
+    """Every config key with its default and metadata, in the order of :class:`Config`:
+    ``[{"key", "default", "unit", "paper", "help"}]``. A key without ``help``, ``unit`` or
+    ``paper`` metadata raises ``KeyError`` naming it."""
+    rows = []
+    for f in fields(Config):
+        missing = [m for m in METADATA if m not in f.metadata]
+        if missing:
+            raise KeyError(f"config key '{f.name}' lacks metadata {', '.join(missing)}")
+        rows.append({"key": f.name, "default": default_value(f), "unit": f.metadata["unit"],
+                     "paper": f.metadata["paper"], "help": f.metadata["help"]})
+    return rows
+
+
+def show(value: Any) -> str:
+    """A key's value as a user writes it (``none``, ``true``, ``[80, 120]``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, str) else repr(value)
+
+
+def key_lines(width: int = 100) -> list[str]:
+    """Every key for a terminal: ``--key  default  [unit; paper value]`` and its meaning below."""
+    import textwrap
+    lines = []
+    for r in key_table():
+        extra = "; ".join(x for x in (r["unit"], "" if r["paper"] == NA else f"published {show(r['paper'])}") if x)
+        lines.append(f"  --{r['key'].replace('_', '-'):24s} {show(r['default'])}" + (f"  [{extra}]" if extra else ""))
+        lines += textwrap.wrap(r["help"], width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return lines
 ALIASES = {"tasks": "num_tasks", "first_task": "first_task_classes", "root": "data_root"}
 
 
@@ -569,6 +707,8 @@ def validate(c: Config) -> None:
         _check(isinstance(value, (int, float)) and value > 0, f"{name} must be positive, got {value!r}")
     _check(isinstance(c.dsal_compensation, (int, float)) and c.dsal_compensation >= 0,
            f"dsal_compensation must be >= 0, got {c.dsal_compensation!r}")
+    _check(c.threads is None or isinstance(c.threads, int) and c.threads > 0,
+           f"threads must be a positive integer or none, got {c.threads!r}")
     _check(c.synthetic_pool >= 0, f"synthetic_pool must be >= 0, got {c.synthetic_pool!r}")
     _check(isinstance(c.fecam_beta, (int, float)) and c.fecam_beta > 0,
            f"fecam_beta must be positive (the authors' beta 0, a log transform, is not offered), got {c.fecam_beta!r}")

@@ -57,7 +57,7 @@ class DatasetSpec:
 # --------------------------------------------------------------------------- class orders
 
 def published_orders(dataset: str) -> list[list[int]]:
-    """The class orders of the published results (METHOD.md section 1), empty if none."""
+    """The class orders of the published results (docs/methods/index.md, "The protocol"), empty if none."""
     orders = json.loads((PACKAGE_DIR / "class_orders.json").read_text())["orders"]
     return orders.get(dataset, [])
 

@@ -209,8 +209,14 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
     The run folder is locked for the whole run (``lock.py``): one writer per folder.
     """
     c = _as_config(config)
-    with folder_lock(Path(c.out or default_out(c)), enabled=rank_zero()):
-        return _run(c, resume, force)
+    threads = torch.get_num_threads()
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    try:
+        with folder_lock(Path(c.out or default_out(c)), enabled=rank_zero()):
+            return _run(c, resume, force)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run(c: Config, resume: bool, force: bool) -> Results:

@@ -1,4 +1,4 @@
-"""Model inversion (METHOD.md section 4): a generator trained so that a frozen old model sees
+"""Model inversion (docs/methods/inversion.md, "Model inversion"): a generator trained so that a frozen old model sees
 its images as real data, and the replay that draws synthetic batches from it.
 
 Losses on a generated batch ``x = G(z)`` with old-model logits ``o`` and ``y = argmax o``:
@@ -159,7 +159,7 @@ def smoothness_loss(images: torch.Tensor) -> torch.Tensor:
 
 
 def inversion_losses(images, logits, stats: BatchNormStatistics, weights: dict) -> dict:
-    """The four weighted inversion terms of one step (section 4)."""
+    """The four weighted inversion terms of one step (the same page)."""
     return {
         "content": content_loss(logits, weights["content_temperature"]),
         "balance": weights["alpha_cb"] * class_balance_loss(logits),

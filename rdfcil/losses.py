@@ -1,4 +1,4 @@
-"""The training losses of R-DFCIL and its baselines, as pure functions (METHOD.md sections 5, 6, 8).
+"""The training losses of R-DFCIL and its baselines, as pure functions (docs/methods/inversion.md).
 
 Every function takes tensors and returns a scalar tensor; weights are applied by the method.
 Relational and distillation terms are computed in fp32 whatever the autocast precision.
@@ -16,7 +16,7 @@ from .precision import fp32, fp32_section
 
 
 def rrl_weights(n_old: int, n_new: int) -> tuple[float, float]:
-    """``alpha = log2(n_new / 2 + 1)``, ``beta = sqrt(n_old / n_new)`` (section 5)."""
+    """``alpha = log2(n_new / 2 + 1)``, ``beta = sqrt(n_old / n_new)`` (docs/methods/inversion.md, "R-DFCIL")."""
     return math.log2(n_new / 2 + 1), math.sqrt(n_old / n_new)
 
 
@@ -103,7 +103,7 @@ def distance_relations(e: torch.Tensor) -> torch.Tensor:
 
 @fp32
 def rkd_angle(projected: torch.Tensor, projected_old: torch.Tensor) -> torch.Tensor:
-    """``L_rkd = mean |psi(P1 f) - psi(P2 f_old)|`` over the N^3 angles (section 5)."""
+    """``L_rkd = mean |psi(P1 f) - psi(P2 f_old)|`` over the N^3 angles (docs/methods/inversion.md, "R-DFCIL")."""
     return F.l1_loss(angle_relations(projected), angle_relations(projected_old))
 
 

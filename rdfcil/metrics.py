@@ -1,4 +1,4 @@
-"""Class-incremental metrics (METHOD.md section 1), all in percent.
+"""Class-incremental metrics (docs/methods/index.md, "The protocol"), all in percent.
 
 * ``A[i][j]``: accuracy on task ``j``'s test classes after learning task ``i`` (``j <= i``).
 * ``A_t``: accuracy on the test images of all classes seen after task ``t``.

@@ -73,7 +73,7 @@ class CifarResNet(nn.Module):
     basic blocks with 16/32/64 channels (stride 2 at stages 2 and 3), global average pooling.
     ResNet-32 is n = 5; ResNet-20 n = 3; ResNet-8 n = 1. Output: 64 features.
 
-    ``variant="published"`` is cl-lite's port used by the R-DFCIL code (METHOD.md section 2):
+    ``variant="published"`` is cl-lite's port used by the R-DFCIL code (docs/methods/index.md, "The network"):
     no ReLU after the residual additions (pooled features can be negative), option-A
     shortcuts, the last BN of each block initialised to zero. ``"standard"`` is the package's
     former variant: a ReLU after every addition, 1x1-conv + BN shortcuts, default BN init."""

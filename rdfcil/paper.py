@@ -1,4 +1,4 @@
-"""Published numbers to reproduce (METHOD.md section 9) and the default plan of ``reproduce.ipynb``.
+"""Published numbers to reproduce (docs/methods/inversion.md, "Published results") and the default plan of ``reproduce.ipynb``.
 
 All accuracies are in percent. "last" is the final accuracy ``A_T``, "avg" the average
 incremental accuracy ``mean(A_1..A_T)``; ``None`` where the paper gives no value.
@@ -211,9 +211,10 @@ DEFAULTS = {
         "methods": ["finetune", "lwf", "rdfcil", "joint"], "task_counts": [5], "seeds": [0],
         "first_task_classes": None, "preset": "quick",
         # A lighter budget than the quick preset (a 30-epoch schedule, 200 inversion steps), with
-        # the incremental lr 0.05 that short schedules need (METHOD.md section 10).
+        # the incremental lr 0.05 that short schedules need (docs/methods/inversion.md, "Small budgets").
+        # One thread, so that the committed demo table is what any machine of the kind gives.
         "overrides": {"epochs": 30, "refinement_epochs": 8, "milestones": [15], "inversion_steps": 200,
-                      "lr_incremental": 0.05},
+                      "lr_incremental": 0.05, "threads": 1},
     },
     "fashion-mnist": {
         "methods": ["finetune", "lwf", "rdfcil", "joint"], "task_counts": [5], "seeds": [0],
@@ -300,7 +301,7 @@ def walkthrough(dataset: str, num_tasks: int, first_task_classes, seed: int, pre
 
 # Keys that describe the experiment rather than how it is run: never a departure.
 PROTOCOL_KEYS = {"dataset", "method", "num_tasks", "first_task_classes", "class_order", "seed", "preset",
-                 "out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root"}
+                 "out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root", "threads"}
 
 
 def paper_reference(dataset: str, method: str):

@@ -81,6 +81,15 @@ def default_jobs(gpus: list) -> int:
     return 4 if gpus else 1
 
 
+def cpu_threads(jobs: int) -> int:
+    """Threads of each run of a CPU pool: ``cores // jobs``, never more than the caller's own
+    ``OMP_NUM_THREADS`` (a run's ``threads`` key, where set, overrides both)."""
+    threads = max(1, cpu_count() // jobs)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+    return threads
+
+
 def checked(configs) -> list[Config]:
     """Validated configs with their run folders set; two runs may not share a folder."""
     out = []
@@ -219,9 +228,7 @@ def run_pool(configs: list[Config], jobs: int | None = None, force: bool = False
     if jobs < 1:
         raise RdfcilError(f"jobs must be a positive integer, got {jobs!r}")
     slots = [g for g in gpus for _ in range(jobs)] if gpus else [None] * jobs
-    threads = None if gpus else max(1, cpu_count() // jobs)
-    if threads and os.environ.get("OMP_NUM_THREADS", "").isdigit():  # never more than the caller allows
-        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+    threads = None if gpus else cpu_threads(jobs)
     outcomes, todo = reused_outcomes(configs, force)
     pending = deque(longest_first(configs, todo))
     running: dict[int, tuple] = {}

@@ -181,9 +181,9 @@ CSV_FIELDS = ["dataset", "method", "num_tasks", "first_task_classes", "split", "
               "avg_mean", "avg_std", "paper_last", "paper_last_std", "paper_avg", "classifier", "paper_protocol"]
 
 
-def csv_table(rows: Sequence[dict], seconds: bool = False) -> str:
+def csv_table(rows: Sequence[dict], seconds: bool = False, provenance: bool = False) -> str:
     """The rows as CSV (raw numbers; empty where a value does not exist)."""
-    fields = CSV_FIELDS + (["seconds_mean"] if seconds else [])
+    fields = CSV_FIELDS + (["seconds_mean"] if seconds else []) + (["provenance"] if provenance else [])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -194,14 +194,19 @@ def csv_table(rows: Sequence[dict], seconds: bool = False) -> str:
 
 
 def write_tables(rows: Sequence[dict], stem: str | Path, formats: Sequence[str] = ("md", "tex", "csv"),
-                 published: bool = True, seconds: bool = False) -> dict[str, Path]:
+                 published: bool = True, seconds: bool = False, stamp: dict | None = None) -> dict[str, Path]:
     """Write ``stem.<format>`` for each of ``formats`` (md, tex, csv, json), each atomically;
-    returns the paths by format."""
+    returns the paths by format. ``stamp`` (:func:`rdfcil.provenance.stamp`): the Markdown gets
+    its line under the table, the LaTeX as a comment above it, the CSV and JSON rows a
+    ``provenance`` field."""
+    from .provenance import line
     stem = Path(stem)
-    writers = {"md": lambda: markdown_table(rows, published, seconds),
-               "tex": lambda: latex_table(rows, published=published, seconds=seconds),
-               "csv": lambda: csv_table(rows, seconds),
-               "json": lambda: json.dumps(list(rows), indent=1) + "\n"}
+    text = line(stamp) if stamp else None
+    stamped = [dict(r, provenance=text) for r in rows] if text else list(rows)
+    writers = {"md": lambda: markdown_table(rows, published, seconds) + (f"\n{text}\n" if text else ""),
+               "tex": lambda: (f"% {text}\n" if text else "") + latex_table(rows, published=published, seconds=seconds),
+               "csv": lambda: csv_table(stamped, seconds, provenance=bool(text)),
+               "json": lambda: json.dumps(stamped, indent=1) + "\n"}
     paths = {}
     for fmt in formats:
         paths[fmt] = stem.with_name(stem.name + "." + fmt)

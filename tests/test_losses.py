@@ -1,4 +1,4 @@
-"""Each loss against values computed by hand on tiny tensors (METHOD.md sections 4-6, 8)."""
+"""Each loss against values computed by hand on tiny tensors (docs/methods/inversion.md)."""
 
 import math
 

@@ -20,6 +20,8 @@ class ABD(Method):
     BatchNorm running statistics once more per step; here they are the first forward's.)"""
 
     name, label, color, rank = "abd", "ABD", "#4477AA", 30
+    family, citation = "inversion", "Smith et al., ICCV 2021"
+    faithful = "the ABD repository's losses (local CE, weighted global CE, feature KD with mu 0.1) and script settings, one carried generator"
     preset_source = "abd"
     keys = frozenset({"abd_mu", "abd_ce_weighting", "generator_carry"}) | InversionReplay.keys
 

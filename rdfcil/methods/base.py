@@ -100,10 +100,14 @@ class Method:
     name: str = ""
     keys: frozenset = frozenset()
     label, color, rank = "", "black", 50
-    # Whose published settings the paper preset takes (METHOD.md sections 7, 8): "rdfcil" (the
-    # R-DFCIL paper's table), "abd" (the ABD repository's scripts, for the baselines it runs) or
-    # a key of config.BASE_RECIPES ("fecam", "fetril": the authors' base-task schedule) or
-    # "analytic" (ACIL, DS-AL: config.ANALYTIC_PAPER, per dataset).
+    # Where the documentation and the README's methods table place and describe it: its family
+    # (``inversion``, ``bound``, ``statistics``, ``analytic``, ``drift``), its paper, and what is
+    # as published (empty: the first line of the class docstring stands in).
+    family, citation, faithful = "", "", ""
+    # Whose published settings the paper preset takes (docs/methods/inversion.md, "Published
+    # settings"): "rdfcil" (the R-DFCIL paper's table), "abd" (the ABD repository's scripts, for
+    # the baselines it runs), a key of config.BASE_RECIPES ("fecam", "fetril": the authors'
+    # base-task schedule) or "analytic" (ACIL, DS-AL: config.ANALYTIC_PAPER, per dataset).
     preset_source = "rdfcil"
     classifier = "linear head"  # what makes the prediction, named in tables ("NCM", "FeCAM (Mahalanobis)", ...)
     keeps_old_model = False
@@ -116,7 +120,7 @@ class Method:
 
     # -- phases ------------------------------------------------------------------------------
     def train_epochs(self, task: Task) -> int:
-        """The base task runs ``epochs - refinement_epochs`` (METHOD.md section 3)."""
+        """The base task runs ``epochs - refinement_epochs`` (docs/methods/index.md, "The network")."""
         c = self.config
         return c.epochs - c.refinement_epochs if task.index == 0 else c.epochs
 

@@ -19,6 +19,8 @@ class DeepInversion(Method):
     (argmax labels) and ``L_kd`` over the old classes on both."""
 
     name, label, color, rank = "deepinversion", "DeepInversion", "#CCBB44", 20
+    family, citation = "inversion", "Yin et al., CVPR 2020"
+    faithful = "the ABD repository's replay: CE on real images, soft KD on synthetic ones with zero targets for new classes (`deepinversion_replay`), one carried generator"
     preset_source = "abd"
     keys = frozenset({"kd_temperature", "kd_weight", "kd_t2", "deepinversion_replay", "generator_carry"}) \
         | InversionReplay.keys

@@ -13,6 +13,8 @@ class Joint(Method):
     and runs the base task's epochs and learning rate; otherwise it continues from the last."""
 
     name, label, color, rank = "joint", "Joint", "#228833", 90
+    family, citation = "bound", "the upper bound"
+    faithful = "every seen class at once, retrained from scratch at each task (the ABD repository's oracle, `joint_from_scratch`)"
     preset_source = "abd"
     keys = frozenset({"joint_from_scratch"})
     trains_on_seen = True

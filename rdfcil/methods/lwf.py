@@ -14,6 +14,8 @@ class LwF(Method):
     the ABD repository's form: soft cross-entropy at T = 2, no T^2 unless ``kd_t2``)."""
 
     name, label, color, rank = "lwf", "LwF", "#66CCEE", 10
+    family, citation = "bound", "Li and Hoiem, ECCV 2016"
+    faithful = "soft distillation at T = 2 without the T^2 factor (`kd_t2`), as the ABD repository runs it"
     preset_source = "abd"
     keys = frozenset({"kd_temperature", "kd_weight", "kd_t2"})
     keeps_old_model = True

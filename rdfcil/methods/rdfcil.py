@@ -14,7 +14,7 @@ from .replay import InversionReplay
 @register
 class RDFCIL(Method):
     """R-DFCIL (Gao et al., ECCV 2022): relation-guided representation learning, then
-    classifier refinement (METHOD.md sections 5 and 6).
+    classifier refinement (docs/methods/inversion.md, "R-DFCIL").
 
     RRL:    ``w_ce L_lce(real) + w_hkd L_hkd(synthetic) + w_rkd L_rkd(real)`` with
             ``w_ce = lambda_ce (1 + 1/alpha) / beta``, ``w_hkd = lambda_hkd alpha beta``,
@@ -32,6 +32,8 @@ class RDFCIL(Method):
     """
 
     name, label, color, rank = "rdfcil", "R-DFCIL", "#EE6677", 40
+    family, citation = "inversion", "Gao et al., ECCV 2022"
+    faithful = "the R-DFCIL code: cl-lite's ResNets, RRL with two forwards (`rrl_forward`), refinement with class counts over the task (`refine_counts`)"
     keys = frozenset({"refine_lr", "lambda_ce", "lambda_hkd", "lambda_rkd", "rkd", "local_ce", "refine",
                       "rrl_forward", "refine_counts"}) | InversionReplay.keys
 
@@ -110,7 +112,7 @@ class RDFCIL(Method):
 
 
 class ClassCounts:
-    """Running label counts of a task and the class weights of the balanced CE (section 6):
+    """Running label counts of a task and the class weights of the balanced CE (docs/methods/inversion.md, "R-DFCIL"):
     ``w = class_weights(counts)``, starting at 1. ``per_step``: the weights follow every
     ``add``; otherwise they change only at ``epoch_end`` (the published code)."""
 

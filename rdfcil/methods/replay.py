@@ -14,7 +14,7 @@ from .base import Task
 
 
 class InversionReplay:
-    """Model inversion after a task and synthetic replay during the next (METHOD.md section 4):
+    """Model inversion after a task and synthetic replay during the next (docs/methods/inversion.md, "Model inversion"):
     the component DeepInversion, ABD and R-DFCIL share.
 
     ``invert``: train the generator ``G`` against the frozen old model
