@@ -28,6 +28,8 @@ class ACIL(Method):
     """
 
     name, label, color, rank = "acil", "ACIL", "#44AA99", 65
+    family, citation = "analytic", "Zhuang et al., NeurIPS 2022"
+    faithful = "the authors' code: fixed random expansion with ReLU (`analytic_buffer`), ridge regression in float64 (`analytic_gamma`), base task re-learned once by the analytic head"
     preset_source = "analytic"
     classifier = "analytic (RLS)"
     keys = frozenset({"analytic_buffer", "analytic_gamma", "analytic_batch"})

@@ -21,6 +21,8 @@ class DSAL(ACIL):
     """
 
     name, label, color, rank = "dsal", "DS-AL", "#332288", 66
+    family, citation = "analytic", "Zhuang et al., AAAI 2024"
+    faithful = "ACIL's main stream plus the tanh compensation stream with previous-label cleansing (`dsal_compensation`, `dsal_gamma_comp`), chunked as the authors' IL batches (`analytic_batch`)"
     classifier = "analytic, dual stream (RLS)"
     keys = ACIL.keys | {"dsal_compensation", "dsal_gamma_comp"}
 

@@ -77,6 +77,8 @@ class FeCAM(Method):
     the published ResNet and on any negative training feature."""
 
     name, label, color, rank = "fecam", "FeCAM", "#AA3377", 60
+    family, citation = "statistics", "Goswami et al., NeurIPS 2023"
+    faithful = "the authors' code: per-class covariances shrunk twice (`fecam_shrink_twice`), correlation-normalised, pseudo-inverse Mahalanobis on L2-normalised Tukey features; Tukey made sign-safe (`fecam_tukey`)"
     classifier = "FeCAM (Mahalanobis)"
     preset_source = "fecam"
     keys = frozenset({"fecam_tukey", "fecam_beta", "fecam_alpha1", "fecam_alpha2", "fecam_shrink_twice"})

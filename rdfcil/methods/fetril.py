@@ -75,6 +75,8 @@ class FeTrIL(Method):
       ``fetril_fc_epochs`` at ``fetril_fc_lr`` (a head-only phase on the features)."""
 
     name, label, color, rank = "fetril", "FeTrIL", "#882255", 55
+    family, citation = "statistics", "Petit et al., WACV 2023"
+    faithful = "pseudo-features translated from the nearest new class (`fetril_nearest`), the authors' LinearSVC retrained at each task (`fetril_classifier`; fc is PyCIL's head)"
     preset_source = "fetril"
     keys = frozenset({"fetril_classifier", "fetril_nearest", "fetril_svm_c", "fetril_svm_tol", "fetril_fc_epochs",
                       "fetril_fc_lr", "fetril_fc_weight_decay"})

@@ -19,6 +19,8 @@ class NCM(Method):
     paper preset takes FeCAM's base-task schedule (``preset_source = "fecam"``)."""
 
     name, label, color, rank = "ncm", "NCM", "#999933", 50
+    family, citation = "statistics", "Rebuffi et al., CVPR 2017 (nearest class mean); FeCAM's Euclidean baseline, NeurIPS 2023"
+    faithful = "the backbone frozen after the base task; L2-normalised features and class means, as FeCAM's Euclidean baseline"
     classifier = "NCM (L2-normalised features)"
     preset_source = "fecam"
 
