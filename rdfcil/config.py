@@ -31,6 +31,7 @@ CROP_FILLS = ("mean", "zero")
 IMAGENET_CROPS = ("center_pad", "random_resized")
 REFINE_COUNTS = ("task", "refinement")
 DEEPINVERSION_REPLAYS = ("published", "global_ce")
+TF32_MODES = ("none", "convolutions", "all")
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -124,6 +125,12 @@ class Config:
     phase_precision: dict = field(default_factory=dict)  # {phase: fp32|bf16} overriding precision (precision.py)
     compile: bool = False  # torch.compile the backbone
     graphs: bool = False  # each phase's step in torch.compile(mode="reduce-overhead") on CUDA (graphs.py)
+    tf32: str = field(default="convolutions", metadata=dict(
+        help="where CUDA may compute fp32 in TF32 (Ampere and later): none, convolutions (PyTorch's default) "
+             "or all (convolutions and matrix products)", unit="", paper="convolutions"))
+    deterministic: bool = field(default=False, metadata=dict(
+        help="CUDA runs only deterministic algorithms (cuDNN's and torch's; slower): a repeated GPU run then "
+             "gives the same numbers bit for bit", unit="", paper=False))
     out: str | None = None
     progress: bool = True
     logger: str = "tensorboard"  # tensorboard: <out>/tb/ (nothing logged if the package is missing) | none
@@ -393,6 +400,10 @@ def validate(c: Config) -> None:
     for phase, value in c.phase_precision.items():
         _check(phase in PHASES, f"phase_precision: unknown phase '{phase}'; valid: {', '.join(PHASES)}")
         _check(value in PRECISIONS, f"phase_precision: {phase} must be fp32 or bf16, got '{value}'")
+    _check(c.tf32 in TF32_MODES, f"unknown tf32 '{c.tf32}'; valid: {', '.join(TF32_MODES)}")
+    _check(isinstance(c.deterministic, bool), f"deterministic must be true or false, got {c.deterministic!r}")
+    _check(not (c.compile and c.graphs), "compile and graphs both compile the model (graphs: the whole step); "
+           "set one of them")
     _check(c.logger in ("tensorboard", "none"), f"logger must be tensorboard or none, got '{c.logger}'")
     for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size", "log_interval", "sync_interval"):
         value = getattr(c, name)

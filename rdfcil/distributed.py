@@ -30,14 +30,24 @@ from .errors import RdfcilError
 
 
 def pick_device(name: str) -> torch.device:
+    """The device ``name`` asks for (``auto``, ``cpu``, ``cuda``, ``cuda:i``, ``meta``); a CUDA
+    device always carries its index (``cuda`` is the current device, ``cuda:0`` unless set), as
+    ``torch.cuda.set_device`` and the per-device calls need it."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RdfcilError("device 'cuda' was asked for but CUDA is not available here; use device=cpu or auto")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise RdfcilError(f"unknown device '{name}'; use auto, cpu or cuda[:i]") from None
+    if device.type != "cuda":
+        return device
+    if device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise RdfcilError(f"device '{name}' does not exist here: {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
 def backend_for(device_name: str) -> str:

@@ -26,7 +26,7 @@ from .lock import folder_lock, rank_zero
 from .methods import Method, Phase, Task, build_method
 from .metrics import confusion_matrix
 from .nets import model_for
-from .precision import autocast_for, memory_format_for, precision_of
+from .precision import autocast_for, memory_format_for, precision_of, set_cuda_numerics
 from .progress import RunProgress
 from .steprecord import StepRecord
 from .runs import Results, add_task_metrics, default_out, new_record, prepare_folder, restore, save_task
@@ -200,12 +200,20 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
         return _run(c, resume, force)
 
 
-def _run(c: Config, resume: bool, force: bool) -> Results:
-    device = pick_device(c.device)
-    ddp = Distributed.from_env(c.device)
-    device = ddp.device(device)
+def select_device(c: Config, ddp: Distributed) -> torch.device:
+    """This process's device (``cuda:i`` with its index on CUDA: ``cuda:LOCAL_RANK`` under
+    torchrun), made current with ``torch.cuda.set_device``, the run's CUDA numerics policy
+    (``tf32``, ``deterministic``) applied."""
+    device = ddp.device(pick_device(c.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        set_cuda_numerics(c.tf32, c.deterministic)
+    return device
+
+
+def _run(c: Config, resume: bool, force: bool) -> Results:
+    ddp = Distributed.from_env(c.device)
+    device = select_device(c, ddp)
     bench = load_benchmark(c, device)  # validates data, class order and split before any write
     folder = Path(c.out or default_out(c))
     start = prepare_folder(c, folder, resume, force, ddp)
@@ -222,6 +230,7 @@ def _run(c: Config, resume: bool, force: bool) -> Results:
     history: dict = {"tasks": []}
     if start:
         record, history = restore(folder, start, model, method, bench, c)
+    record["cuda_numerics"] = {"tf32": c.tf32, "deterministic": c.deterministic, "applied": device.type == "cuda"}
     progress = make_progress(c.progress and ddp.is_main)
     logger = make_logger(c.logger, folder, ddp.is_main)
     try:

@@ -166,7 +166,7 @@ def incremental_setup(method_class, config, model, bench, like=None):
     method.old_model = like.old_model if like else frozen_copy(model)
     method.inversion.generator = like.inversion.generator if like else build_generator(config, bench.spec, device).eval()
     task1 = Task(1, bench.tasks[1], 2)
-    if len(model.head.tasks) < 2:
+    if len(model.head.sizes) < 2:
         model.head.add_task(task1.n_new)
     method.begin_task(task1)
     return method, task1
