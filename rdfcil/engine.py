@@ -21,7 +21,7 @@ from .config import Config, resolve
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed, pick_device
 from .errors import RdfcilError
-from .graphs import fused_optimizer, new_task, step_function
+from .graphs import compile_seconds, fused_optimizer, new_task, step_function
 from .lock import folder_lock, rank_zero
 from .methods import Method, Phase, Task, build_method
 from .metrics import confusion_matrix
@@ -154,6 +154,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
             phase.on_epoch_end()
         for name, value in sums.items():
             history.setdefault(name, []).append(value / max(batches, 1))
+    optimizer.zero_grad(set_to_none=True)  # no gradient left in a compiled step's memory pool
     ddp.broadcast_state(model)  # the same BatchNorm statistics on every process
     model.eval()
     return history
@@ -255,6 +256,7 @@ def train_tasks(c: Config, start: int, model, method: Method, bench: Benchmark, 
                                          record.get("train_steps", 0))
         record["train_steps"] = record.get("train_steps", 0) + task_history.pop("steps")
         record["wall_seconds"].append(timings)
+        record.setdefault("compile_seconds", []).append(task_history.pop("compile_seconds"))
         history["tasks"].append(task_history)
         confusion = task_history.pop("confusion")
         snapshots = task_history.pop("snapshots")
@@ -289,13 +291,17 @@ def log_task(logger: NullLogger, record: dict, timings: dict, t: int) -> None:
 def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, progress, last,
              ddp: Distributed | None = None, logger: NullLogger | None = None, log_offset: int = 0):
     """Train, end (freeze / invert) and evaluate one task; returns timings and histories
-    (``task_history["steps"]``: the training steps it took, for the logger's x axis)."""
+    (``task_history["steps"]``: the training steps it took, for the logger's x axis;
+    ``task_history["compile_seconds"]``: per phase, the seconds of its wall time torch spent
+    compiling, :func:`graphs.compile_seconds`)."""
     ddp = ddp or Distributed()
     logger = logger or NullLogger()
     timings: dict[str, float] = {}
-    task_history: dict = {"phases": {}}
+    compiled: dict[str, float] = {}
+    task_history: dict = {"phases": {}, "compile_seconds": compiled}
     generator = seed_everything(stage_seed(c.seed, task.index, 0))
-    new_task(model.device, c.graphs)  # this task's steps compile anew (graphs.py)
+    if not method.task_invariant_steps:
+        new_task(model.device, c.graphs)  # this task's steps compile anew (graphs.py)
     model.head.add_task(task.n_new)  # after seeding: a resumed run draws the same initial weights
     method.set_shard(ddp.shard)
     method.begin_task(task)
@@ -303,22 +309,24 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
     task_history["snapshots"] = {}
     steps = 0
     for i, phase in enumerate(phases):
-        started = time.perf_counter()
+        started, compiling = time.perf_counter(), compile_seconds()
         task_history["phases"][phase.name] = train_phase(model, phase, bench, c, generator, task.index,
                                                          progress, last, ddp, logger, log_offset + steps)
         steps += phase_steps(phase, bench, c)
         timings[phase.name] = timings.get(phase.name, 0.0) + time.perf_counter() - started
+        compiled[phase.name] = compiled.get(phase.name, 0.0) + compile_seconds() - compiling
         if i < len(phases) - 1:  # e.g. after RRL, before refinement: kept for the notebooks
             task_history["snapshots"][phase.name] = {
                 "confusion": torch.as_tensor(evaluate(model, bench, task.seen, c.eval_batch_size, c.precision, ddp)),
                 "head": model.head.weight.detach().cpu().clone()}
-    started = time.perf_counter()
+    started, compiling = time.perf_counter(), compile_seconds()
     seed_everything(stage_seed(c.seed, task.index, 1))
     end = method.end_task(task, progress, FiniteCheck(task.index, "inversion", last))
     for module in method.synchronised_modules():
         ddp.broadcast_state(module)
     for stage, stage_history in end.histories.items():  # one stage per task end today: the inversion
         timings[stage] = time.perf_counter() - started
+        compiled[stage] = compile_seconds() - compiling
         task_history[stage] = stage_history
     if "inversion" in end.histories:
         log_inversion(logger, method, task, bench, c, end.histories["inversion"], end.info)

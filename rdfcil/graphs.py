@@ -17,11 +17,17 @@ Finetune and R-DFCIL, with the pool and without. Off CUDA the switch runs eagerl
 and CUDA graphs do not exist there. Tests set ``OFF_CUDA_BACKEND = "eager"`` to run the same
 Dynamo tracing on the CPU and compare the losses of every phase with the plain path.
 
-Every task compiles its steps anew: the loss weights of a task are constants of its graph and
-the head grows by the task's classes. Torch keeps at most ``recompile_limit`` (8) versions of
-one function and runs it eagerly after that, which would turn graphs off from the ninth task
-of a 10- or 25-step run on. So each task starts with :func:`new_task`, which drops the last
-task's compiled steps (and their CUDA graphs' memory) with ``torch.compiler.reset()``.
+A method whose steps are task-invariant (``Method.task_invariant_steps``: R-DFCIL, whose
+steps run on the padded head's logits with masks of the old and new classes and its loss
+weights as device tensors) compiles each phase's step once for the whole run: the next task's
+step finds the graph of the last one. On CUDA the step is compiled with ``fullgraph=True``: a
+graph break raises instead of running part of the step eagerly. Any other method's steps have
+the task's classes and weights as constants, and torch keeps at most ``recompile_limit`` (8)
+versions of one function; so before each of its tasks :func:`new_task` drops the last task's
+compiled steps (and their CUDA graphs' memory) with ``torch.compiler.reset()``.
+
+:func:`compile_seconds` is the time torch has spent compiling; the engine records it per
+phase (``compile_seconds`` of the run's record, included in the phases' wall seconds).
 """
 
 from __future__ import annotations
@@ -36,8 +42,17 @@ def step_function(loss, device: torch.device, enabled: bool):
     if not compiling(device, enabled):
         return loss
     if torch.device(device).type == "cuda":
-        return torch.compile(loss, mode="reduce-overhead", dynamic=False)
+        return torch.compile(loss, mode="reduce-overhead", dynamic=False, fullgraph=True)
     return torch.compile(loss, backend=OFF_CUDA_BACKEND, dynamic=False)
+
+
+def compile_seconds() -> float:
+    """Seconds torch has spent compiling in this process so far: Dynamo's tracing with the
+    backend's compile of each forward (``_compile.compile_inner``) and the backward compiled at
+    its first call (``backward._backward_impl``), as ``torch._dynamo.utils`` times them."""
+    from torch._dynamo.utils import compilation_time_metrics
+    return sum(sum(compilation_time_metrics.get(key, ())) for key in ("_compile.compile_inner",
+                                                                      "backward._backward_impl"))
 
 
 def compiling(device: torch.device, enabled: bool) -> bool:

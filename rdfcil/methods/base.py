@@ -88,6 +88,9 @@ class Method:
     preset_source = "rdfcil"
     keeps_old_model = False
     trains_on_seen = False  # an incremental task trains on the real data of every seen class (Joint)
+    # Its steps have the same shapes and constants in every task (padded head, masks, loss weights as
+    # device tensors): compiled once for the run. Otherwise each task's steps compile anew (graphs.py).
+    task_invariant_steps = False
 
     def __init__(self, config, model: nn.Module, spec):
         self.config, self.model, self.spec = config, model, spec
