@@ -2,9 +2,10 @@
 
 ``torchrun --nproc_per_node=N -m rdfcil run ...`` starts N processes; each builds the same model
 from the same seed, takes its shard ``[rank::N]`` of every real and synthetic batch, and after
-each backward pass the gradients are averaged across processes with one all-reduce per
-parameter (what DistributedDataParallel does; done explicitly because the methods call the
-backbone and the head separately). BatchNorm buffers are broadcast from rank 0 after every
+each backward pass the gradients are averaged across processes: flattened into one buffer per
+dtype, so a step makes one all-reduce (two under mixed dtypes), not one per parameter (what
+DistributedDataParallel's buckets do; done explicitly because the methods call the backbone and
+the head separately). BatchNorm buffers are broadcast from rank 0 after every
 phase, so all processes hold the same model. Test metrics are computed on shards and summed.
 Only rank 0 writes the run folder.
 
@@ -89,13 +90,23 @@ class Distributed:
         """This process's share ``[rank::world]`` of a batch."""
         return tensor[self.rank::self.world] if self.enabled else tensor
 
-    def average_gradients(self, parameters) -> None:
+    def average_gradients(self, parameters) -> int:
+        """Average the gradients of ``parameters`` over the processes: those of one dtype
+        flattened into one buffer, all-reduced once, divided by the world size and copied back.
+        Returns the number of collectives (one per gradient dtype; 0 for one process)."""
         if not self.enabled:
-            return
+            return 0
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for p in parameters:
             if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(self.world)
+                by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat)
+            flat.div_(self.world)
+            for grad, averaged in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                grad.copy_(averaged)
+        return len(by_dtype)
 
     def broadcast_state(self, module: torch.nn.Module) -> None:
         """Copy rank 0's parameters and buffers (BatchNorm statistics) to every process."""
