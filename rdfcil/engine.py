@@ -212,6 +212,16 @@ def select_device(c: Config, ddp: Distributed) -> torch.device:
     return device
 
 
+def run_model(c: Config, spec, device: torch.device):
+    """The model of a run as the run sets it up: built on ``device`` with its padded head,
+    channels-last weights on CUDA, the backbone compiled with ``compile`` (in place: the
+    state_dict keys stay the same). The benchmarks and ``check`` build theirs with it too."""
+    model = memory_format_for(model_for(c, spec, device), device)
+    if c.compile:
+        model.backbone.compile()
+    return model
+
+
 def _run(c: Config, resume: bool, force: bool) -> Results:
     ddp = Distributed.from_env(c.device)
     device = select_device(c, ddp)
@@ -222,10 +232,7 @@ def _run(c: Config, resume: bool, force: bool) -> Results:
         return start
 
     torch.manual_seed(c.seed)
-    model = model_for(c, bench.spec, device)
-    model = memory_format_for(model, device)
-    if c.compile:
-        model.backbone.compile()  # in place: the state_dict keys stay the same
+    model = run_model(c, bench.spec, device)
     method = build_method(c, model, bench.spec)
     record = new_record(c, bench)
     history: dict = {"tasks": []}
