@@ -200,6 +200,24 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return old
 
 
+def refreeze(old: nn.Module | None, model: nn.Module) -> nn.Module:
+    """``model``'s frozen copy (:func:`frozen_copy`), written into ``old`` in place when ``old``
+    has the same parameters and buffers (a padded head: every task): the old model's tensors
+    then keep their addresses from task to task, which compiled steps and CUDA graphs rely on."""
+    if old is None or type(old) is not type(model):
+        return frozen_copy(model)
+    pairs = list(zip(old.parameters(), model.parameters())) + list(zip(old.buffers(), model.buffers()))
+    if len(pairs) != len(list(model.parameters())) + len(list(model.buffers())) or \
+            any(a.shape != b.shape or a.dtype != b.dtype for a, b in pairs):
+        return frozen_copy(model)
+    with torch.no_grad():
+        for kept, current in pairs:
+            kept.copy_(current)
+    if hasattr(model, "head") and hasattr(model.head, "sizes"):
+        old.head.sizes = list(model.head.sizes)
+    return old.eval()
+
+
 def loss_weights(config) -> dict:
     """The weights of :func:`inversion_losses` from a config: ``content_temperature`` (tau),
     ``alpha_cb``, ``alpha_pr``, ``alpha_rf``."""

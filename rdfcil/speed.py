@@ -189,7 +189,11 @@ def phase_step(phase, batch, precision: str, graphs: bool, momentum: float = 0.9
     step = training_step(phase, optimizer, device, precision, graphs)
     for module in phase.modules:
         module.train()
-    return lambda: step(*batch())
+
+    def one_step():
+        return step(*batch())
+    one_step.ready = getattr(batch, "ready", lambda n: None)  # see BatchStream
+    return one_step
 
 
 def time_rrl(model, method, rrl, refine, x, y, timer, precision, graphs, steps, compile_s: dict | None = None) -> dict:
@@ -294,12 +298,7 @@ def each_phase(config, bench, device, precision: str, measure, fresh_batches: bo
         if not fresh_batches:
             fixed = next(bench.train.batches(task.classes, b, shuffle=True, augment=True, generator=generator))
             return lambda: fixed
-        def endless():
-            while True:
-                yield from bench.train.batches(task.classes, b, shuffle=True, augment=True, generator=generator,
-                                               drop_last=True)
-        stream = endless()
-        return lambda: next(stream)
+        return BatchStream(bench, task.classes, b, generator)
     task0 = Task(0, bench.tasks[0], 2)
     model.train()
     out = {"base": measure("base", phase_step(Finetune(config, model, spec).phases(task0)[0], batches(task0),
@@ -315,6 +314,37 @@ def each_phase(config, bench, device, precision: str, measure, fresh_batches: bo
     with inversion_step(rdfcil.old_model, config, spec, device, precision) as step:
         out["inversion"] = measure("inversion", step)
     return out
+
+
+class BatchStream:
+    """The run's pipeline as an endless stream of augmented training batches of ``classes``
+    (``drop_last``), epoch after epoch. ``ready(n)``: the next ``n`` calls stay in one epoch; if
+    fewer batches are left, the next epoch is started now (its permutation, and the class index
+    that makes the host wait once an epoch, as a run's loop does between steps)."""
+
+    def __init__(self, bench, classes: range, batch_size: int, generator: torch.Generator):
+        self.bench, self.classes, self.batch_size, self.generator = bench, classes, batch_size, generator
+        self.per_epoch = bench.train.num_batches(classes, batch_size, drop_last=True)
+        self.left, self.epoch, self.pending = 0, iter(()), None
+
+    def _new_epoch(self) -> None:
+        self.epoch = self.bench.train.batches(self.classes, self.batch_size, shuffle=True, augment=True,
+                                              generator=self.generator, drop_last=True)
+        self.left = self.per_epoch
+        self.pending = next(self.epoch)  # the epoch's set-up runs here
+
+    def ready(self, n: int) -> None:
+        if self.left < n:
+            self._new_epoch()
+
+    def __call__(self):
+        if self.left == 0:
+            self._new_epoch()
+        self.left -= 1
+        if self.pending is not None:
+            batch, self.pending = self.pending, None
+            return batch
+        return next(self.epoch)
 
 
 def time_phases(config, bench, device, precision: str, steps: int) -> dict[str, float]:

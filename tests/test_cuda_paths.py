@@ -132,3 +132,28 @@ def test_gradients_are_averaged_in_one_collective_per_dtype(monkeypatch):
     for grad, p in zip(before, parameters[:2] + parameters[3:]):
         assert torch.equal(p.grad, grad)
     assert parameters[2].grad is None and Distributed().average_gradients(parameters) == 0
+
+
+def test_sync_check_keeps_its_two_steps_in_one_epoch():
+    """With few batches an epoch (``--budget small``) the checked steps used to start an epoch,
+    whose class index makes the host wait once: a false failure. The stream starts it before."""
+    from rdfcil.check import without_sync
+    from rdfcil.data import load_benchmark
+    from rdfcil.speed import BatchStream
+    bench = load_benchmark(resolve({"dataset": "digits", "device": "cpu", "train_per_class": 8}), "cpu")
+    stream = BatchStream(bench, range(0, 2), 8, torch.Generator().manual_seed(0))
+    assert stream.per_epoch == 2
+    starts, batches = [], bench.train.batches
+
+    def counted(*args, **kwargs):
+        starts.append(torch.cuda.get_sync_debug_mode())  # an epoch starts: debug mode 2 would fail
+        yield from batches(*args, **kwargs)
+    bench.train.batches = counted
+    shapes = []
+
+    def step():
+        shapes.append(stream()[0].shape)
+    step.ready = stream.ready
+    with fake_cuda():
+        assert without_sync("base", step) == "no sync"
+    assert starts == [0, 0, 0] and shapes == [(8, 1, 8, 8)] * 5

@@ -111,3 +111,35 @@ def test_class_counts_mutated_in_the_step_are_a_static_address():
     assert getattr(counts.counts, "_dynamo_static_input_type", None) in ("guarded", "unguarded")
     counts.add(torch.tensor([0, 2, 2, 3]))
     assert counts.counts.tolist() == [1.0, 0.0, 2.0, 1.0]
+
+
+def test_graph_counts_see_breaks_and_recompiles_and_the_check_fails_on_them(monkeypatch, tmp_path):
+    from rdfcil import check
+    from rdfcil.errors import RdfcilError
+
+    def scaled(x, n):
+        return x * n
+
+    def breaking(x):
+        x = x + 1
+        print(end="")  # a graph break
+        return x
+    compiled = torch.compile(scaled, backend="eager", dynamic=False)
+    with graphs.GraphCounts() as counts:
+        compiled(torch.ones(2), 1)
+        compiled(torch.ones(2), 1)  # the cached graph
+        compiled(torch.ones(2), 2)  # n is a constant of the graph: recompiled
+        torch.compile(breaking, backend="eager")(torch.ones(2))
+    assert (counts.recompiles, counts.graph_breaks, counts.recordings, counts.replays) == (1, 1, 0, 0)
+    assert counts.problems() == ["1 graph breaks", "1 recompiles"]
+
+    constants = iter(range(3, 10))
+
+    def fake_run(overrides, out):  # a run whose step recompiles
+        compiled(torch.ones(2), next(constants))
+        return "final 50.0 %", {"accuracy_matrix": [[50.0]], "final_accuracy": 50.0}
+    monkeypatch.setattr(check, "run_step", fake_run)
+    with pytest.raises(RdfcilError, match="graphs: 1 recompiles"):
+        check.graphs_step({"device": "cuda:0"}, tmp_path, None)
+    info, data = check.graphs_step({"device": "cpu"}, tmp_path, None)  # off CUDA: counted, not failed
+    assert data["graphs"]["recompiles"] == 1 and "1 recompiles" in info

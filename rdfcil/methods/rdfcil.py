@@ -53,7 +53,11 @@ class RDFCIL(Method):
 
     def incremental_phases(self, task: Task) -> list[Phase]:
         c = self.config
-        self.projections = L.RelationProjections(self.model.feature_dim, self.model.device)
+        fresh = L.RelationProjections(self.model.feature_dim, self.model.device)
+        if self.projections is None:
+            self.projections = fresh
+        else:  # a fresh draw in the same tensors: their addresses stay for the compiled step
+            self.projections.load_state_dict(fresh.state_dict())
         width = len(self.model.head.seen)  # the padded head's classes: one counts tensor for the run
         if self.counts is None or len(self.counts.counts) != width:
             self.counts = ClassCounts(width, self.model.device, per_step=c.refine_counts == "refinement")

@@ -72,7 +72,11 @@ class InversionReplay:
         """Train ``G`` on ``old_model``; returns (loss history, class coverage info)."""
         c = self.config
         if self.generator is None or not self.carry:
-            self.generator = self.new_generator()
+            fresh = self.new_generator()
+            if self.generator is not None and not self.carry:  # its tensors keep their addresses
+                self.generator.load_state_dict(fresh.state_dict())
+            else:
+                self.generator = fresh
         weights = loss_weights(c)
         bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
         history = train_generator(self.generator, old_model, c.inversion_steps,
