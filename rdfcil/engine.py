@@ -212,11 +212,13 @@ def select_device(c: Config, ddp: Distributed) -> torch.device:
     return device
 
 
-def run_model(c: Config, spec, device: torch.device):
+def run_model(c: Config, spec, device: torch.device, channels_last: bool = True):
     """The model of a run as the run sets it up: built on ``device`` with its padded head,
-    channels-last weights on CUDA, the backbone compiled with ``compile`` (in place: the
-    state_dict keys stay the same). The benchmarks and ``check`` build theirs with it too."""
-    model = memory_format_for(model_for(c, spec, device), device)
+    channels-last weights on CUDA (``channels_last=False``: left contiguous, for comparison),
+    the backbone compiled with ``compile`` (in place: the state_dict keys stay the same). The
+    benchmarks and ``check`` build theirs with it too."""
+    model = model_for(c, spec, device)
+    model = memory_format_for(model, device) if channels_last else model
     if c.compile:
         model.backbone.compile()
     return model

@@ -281,16 +281,18 @@ def time_inversion(method, config, spec, device, timer, precision, steps) -> dic
                 "inversion_part_old_model_s": timer(old_only, steps), "inversion_batch": batch}
 
 
-def each_phase(config, bench, device, precision: str, measure, fresh_batches: bool = False) -> dict:
+def each_phase(config, bench, device, precision: str, measure, fresh_batches: bool = False,
+               channels_last: bool = True) -> dict:
     """``{phase: measure(phase, step)}`` for every phase of :data:`precision.PHASES` at
     ``precision``, ``step()`` running one step through the run's own step function: ``base``
     (task 0), ``train`` (ABD's incremental step, the other method of the paper's table),
     R-DFCIL's ``rrl`` and ``refine`` (task 1), and an ``inversion`` step against the frozen
     model. The real batch is one fixed batch, or with ``fresh_batches`` the next augmented batch
-    of the run's pipeline at every step (its drawing then part of the step)."""
+    of the run's pipeline at every step (its drawing then part of the step). ``channels_last``:
+    the run's weight layout on CUDA (False: contiguous weights, for comparison)."""
     spec, b, graphs, momentum = bench.spec, config.batch_size, config.graphs, config.momentum
     torch.manual_seed(0)
-    model = run_model(config, spec, device)  # channels-last on CUDA, as a run's
+    model = run_model(config, spec, device, channels_last)  # channels-last on CUDA, as a run's
     model.head.add_task(len(bench.tasks[0]))
     generator = torch.Generator().manual_seed(0)
 
