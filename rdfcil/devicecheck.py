@@ -40,9 +40,9 @@ SIZES = {
     "smoke": {"run": {"epochs": 2, "refinement_epochs": 1, "milestones": [], "inversion_steps": 2,
                       "train_per_class": 8, "batch_size": 8, "backbone": "resnet8", "inversion_batch_size": 8,
                       "z_dim": 16, "generator_width": 8},
-              "shape": {"backbone": "resnet8", "batch_size": 8, "inversion_batch_size": 8, "z_dim": 16,
+              "shape": {"backbone": "resnet8", "batch_size": 4, "inversion_batch_size": 4, "z_dim": 16,
                         "generator_width": 8},
-              "standin": (1, 1), "steps": 1},
+              "standin": (1, 1), "steps": 1, "warmup": 1},
 }
 SHAPE_PHASES = ("base", "rrl", "refine", "inversion")  # R-DFCIL's steps
 
@@ -120,7 +120,8 @@ def shape_section(device: torch.device, size: dict, work: Path) -> dict:
             if name not in SHAPE_PHASES:
                 return None
             compiling = compile_seconds()
-            step(), step(), step()  # compile, CUDA-graph warm-up, recording
+            for _ in range(size.get("warmup", 3)):  # compile, CUDA-graph warm-up, recording
+                step()
             table.setdefault(name, {})[key + "_compile_s"] = compile_seconds() - compiling
             table[name][key + "_ms"] = 1000 * timer(step, steps, warmup=0)
         return measure
