@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .. import losses as L
 from ..graphs import static_address
@@ -84,7 +85,7 @@ class RDFCIL(Method):
             if c.refine_counts == "task":
                 self.counts.add(torch.cat([y, y_s]))
             logits, features, logits_s = self.forward_real_and_synthetic(x, x_s)
-            seen, old = self.model.head.seen, self.old_model.head.seen
+            seen, old, old_logits_s = self.masks(old_logits_s)
             w_ce, w_hkd, w_rkd = self.weights.unbind()
             if c.local_ce:  # CE over the new classes
                 ce = L.masked_ce(logits, y, seen & ~old)
@@ -100,6 +101,16 @@ class RDFCIL(Method):
                 terms["rkd"] = w_rkd * relation(projected, projected_old)
             return terms
         return loss
+
+    def masks(self, old_logits: torch.Tensor):
+        """``(seen, old, old_logits)``: the bool masks of the seen and the old classes over the
+        head's width and the old logits at that width (a head without capacity grows, so the
+        old model's are narrower: padded with zeros; a padded head's are already as wide)."""
+        seen, old = self.model.head.seen, self.old_model.head.seen
+        if len(old) < len(seen):
+            old = torch.cat([old, old.new_zeros(len(seen) - len(old))])
+            old_logits = F.pad(old_logits, (0, len(seen) - old_logits.shape[1]))
+        return seen, old, old_logits
 
     def forward_real_and_synthetic(self, x, x_s):
         """Logits and features of the real batch, logits of the synthetic batch.
@@ -123,7 +134,7 @@ class RDFCIL(Method):
             logits = self.model.head.padded(features)
             self.counts.add(labels)
             _, w_hkd, _ = self.weights.unbind()
-            seen, old = self.model.head.seen, self.old_model.head.seen
+            seen, old, old_logits_s = self.masks(old_logits_s)
             return {"balanced_ce": c.lambda_ce * L.masked_ce(logits, labels, seen, self.counts.weights),
                     "hkd": w_hkd * L.masked_hkd(logits[len(x):], old_logits_s, old)}
         return loss
