@@ -10,6 +10,18 @@ the CPU; ``fp32`` runs them as they are. Losses that compare distributions or re
 is faster differs from phase to phase and from device to device (a launch-bound step gains
 nothing from bf16 and pays its casts), so ``bench-speed --pick-precision`` times every phase's
 step both ways and prints the mapping that takes the faster of each (:func:`pick_fastest`).
+
+What repeats bit for bit. On the CPU a run repeats exactly (same seed, same thread count), and
+``graphs: true`` gives the plain run's numbers up to float rounding. On a GPU: ``tf32``
+(``convolutions`` by default, as PyTorch and the published code run) computes fp32
+convolutions in TF32 on Ampere and later, so fp32 runs differ from a CPU's and from
+``tf32: none`` by more than rounding; cuDNN may pick non-deterministic algorithms, and some
+kernels (``index_add_``, scatter) add in any order, so two runs of one config differ slightly
+unless ``deterministic: true`` (slower); under ``graphs`` the random numbers drawn inside a
+compiled step (synthetic batches' noise, the pool's picks) come from another stream than the
+eager path's, so graphs on and off agree statistically, not
+bit for bit. ``set_cuda_numerics`` applies the policy; the run's record keeps it
+(``cuda_numerics``).
 """
 from __future__ import annotations
 
