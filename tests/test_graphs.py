@@ -143,3 +143,30 @@ def test_graph_counts_see_breaks_and_recompiles_and_the_check_fails_on_them(monk
         check.graphs_step({"device": "cuda:0"}, tmp_path, None)
     info, data = check.graphs_step({"device": "cpu"}, tmp_path, None)  # off CUDA: counted, not failed
     assert data["graphs"]["recompiles"] == 1 and "1 recompiles" in info
+
+
+def test_pool_lives_in_one_static_set_of_tensors_and_phases_leave_no_gradient():
+    """A compiled step reads the synthetic pool where it is (a static address, refilled in place
+    each task) and, after a phase, no gradient stays in its memory pool."""
+    from rdfcil.data import load_benchmark
+    from rdfcil.engine import train_phase
+    from rdfcil.inversion import Generator, frozen_copy
+    from rdfcil.methods import RDFCIL, Task
+    from rdfcil.nets import model_for
+    config = resolve({**TINY, "method": "rdfcil", "synthetic_pool": 16, "train_per_class": 8, "batch_size": 8})
+    bench = load_benchmark(config, "cpu")
+    model = model_for(config, bench.spec, "cpu")
+    method = RDFCIL(config, model, bench.spec)
+    method.inversion.generator = Generator(8, 1, z_dim=16, width=8).eval()
+    pools = []
+    model.head.add_task(5)
+    for t in (1, 2):
+        method.old_model = frozen_copy(model)
+        method.begin_task(Task(t, range(0, 5), 3))
+        pools.append([x.data_ptr() for x in method.inversion.replay.pool])
+        assert all(getattr(x, "_dynamo_static_input_type", None) for x in method.inversion.replay.pool)
+    assert pools[0] == pools[1]
+    phase = method.phases(Task(0, range(0, 5), 3))[0]
+    phase.epochs = 1
+    train_phase(model, phase, bench, config, torch.Generator().manual_seed(0), 0, None, None)
+    assert all(p.grad is None for p in model.parameters())
