@@ -15,7 +15,8 @@ one GPU): ``python -m rdfcil.devicecheck --device cuda``. It prints, in order, a
 Without a GPU (``--device cpu``) the same code runs on the CPU: Dynamo traces the steps with
 its ``eager`` backend (no CUDA graphs: recordings and replays stay 0), the device selection
 runs against :mod:`fakecuda` (``cuda`` without index, as a run asks for it), and the shapes are
-smaller (ResNet-32 at batch 16, a small generator) so that it ends in a few minutes.
+smaller (the run on ResNet-8; ResNet-32 at batch 8, a small generator, one warm-up and one
+timed step: bf16 is emulated there, tens of seconds a step) so that it ends in a few minutes.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ SIZES = {
     "cuda": {"run": {"epochs": 6, "refinement_epochs": 2, "milestones": [4], "inversion_steps": 200},
              "shape": {}, "standin": (20, 2), "steps": 20},
     "cpu": {"run": {"epochs": 3, "refinement_epochs": 1, "milestones": [2], "inversion_steps": 10,
-                    "train_per_class": 40},
-            "shape": {"batch_size": 16, "inversion_batch_size": 16, "z_dim": 32, "generator_width": 16},
-            "standin": (2, 1), "steps": 2},
+                    "train_per_class": 40, "backbone": "resnet8"},
+            "shape": {"batch_size": 8, "inversion_batch_size": 8, "z_dim": 32, "generator_width": 16},
+            "standin": (1, 1), "steps": 1, "warmup": 1},
     "smoke": {"run": {"epochs": 2, "refinement_epochs": 1, "milestones": [], "inversion_steps": 2,
                       "train_per_class": 8, "batch_size": 8, "backbone": "resnet8", "inversion_batch_size": 8,
                       "z_dim": 16, "generator_width": 8},
