@@ -51,8 +51,8 @@ def compile_seconds() -> float:
     backend's compile of each forward (``_compile.compile_inner``) and the backward compiled at
     its first call (``backward._backward_impl``), as ``torch._dynamo.utils`` times them."""
     from torch._dynamo.utils import compilation_time_metrics
-    return sum(sum(compilation_time_metrics.get(key, ())) for key in ("_compile.compile_inner",
-                                                                      "backward._backward_impl"))
+    return float(sum(sum(compilation_time_metrics.get(key, ())) for key in ("_compile.compile_inner",
+                                                                            "backward._backward_impl")))
 
 
 def compiling(device: torch.device, enabled: bool) -> bool:
