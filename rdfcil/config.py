@@ -34,6 +34,7 @@ DEEPINVERSION_REPLAYS = ("published", "global_ce")
 FECAM_TUKEYS = ("signed", "power", "none")
 FETRIL_CLASSIFIERS = ("svm", "fc")
 FETRIL_NEAREST = ("euclidean", "cosine")
+TF32_MODES = ("none", "convolutions", "all")
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -269,6 +270,12 @@ class Config:
     graphs: bool = field(default=False, metadata=dict(
         help="wrap each phase's step in torch.compile(mode='reduce-overhead') on CUDA (CUDA graphs)", unit="",
         paper=NA))
+    tf32: str = field(default="convolutions", metadata=dict(
+        help="where CUDA may compute fp32 in TF32 (Ampere and later): none, convolutions (PyTorch's default) "
+             "or all (convolutions and matrix products)", unit="", paper="convolutions"))
+    deterministic: bool = field(default=False, metadata=dict(
+        help="CUDA runs only deterministic algorithms (cuDNN's and torch's; slower): a repeated GPU run then "
+             "gives the same numbers bit for bit", unit="", paper=False))
     out: str | None = field(default=None, metadata=dict(
         help="the run folder; none: runs/<dataset>/<method>-<tasks>tasks-seed<seed>", unit="path", paper=NA))
     progress: bool = field(default=True, metadata=dict(
@@ -682,6 +689,10 @@ def validate(c: Config) -> None:
     for phase, value in c.phase_precision.items():
         _check(phase in PHASES, f"phase_precision: unknown phase '{phase}'; valid: {', '.join(PHASES)}")
         _check(value in PRECISIONS, f"phase_precision: {phase} must be fp32 or bf16, got '{value}'")
+    _check(c.tf32 in TF32_MODES, f"unknown tf32 '{c.tf32}'; valid: {', '.join(TF32_MODES)}")
+    _check(isinstance(c.deterministic, bool), f"deterministic must be true or false, got {c.deterministic!r}")
+    _check(not (c.compile and c.graphs), "compile and graphs both compile the model (graphs: the whole step); "
+           "set one of them")
     _check(c.logger in ("tensorboard", "none"), f"logger must be tensorboard or none, got '{c.logger}'")
     for name in ("epochs", "batch_size", "num_tasks", "eval_batch_size", "log_interval", "sync_interval"):
         value = getattr(c, name)

@@ -2,9 +2,10 @@
 
 ``torchrun --nproc_per_node=N -m rdfcil run ...`` starts N processes; each builds the same model
 from the same seed, takes its shard ``[rank::N]`` of every real and synthetic batch, and after
-each backward pass the gradients are averaged across processes with one all-reduce per
-parameter (what DistributedDataParallel does; done explicitly because the methods call the
-backbone and the head separately). BatchNorm buffers are broadcast from rank 0 after every
+each backward pass the gradients are averaged across processes: flattened into one buffer per
+dtype, so a step makes one all-reduce (two under mixed dtypes), not one per parameter (what
+DistributedDataParallel's buckets do; done explicitly because the methods call the backbone and
+the head separately). BatchNorm buffers are broadcast from rank 0 after every
 phase, so all processes hold the same model. Test metrics are computed on shards and summed.
 Only rank 0 writes the run folder.
 
@@ -30,14 +31,24 @@ from .errors import RdfcilError
 
 
 def pick_device(name: str) -> torch.device:
+    """The device ``name`` asks for (``auto``, ``cpu``, ``cuda``, ``cuda:i``, ``meta``); a CUDA
+    device always carries its index (``cuda`` is the current device, ``cuda:0`` unless set), as
+    ``torch.cuda.set_device`` and the per-device calls need it."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RdfcilError("device 'cuda' was asked for but CUDA is not available here; use device=cpu or auto")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise RdfcilError(f"unknown device '{name}'; use auto, cpu or cuda[:i]") from None
+    if device.type != "cuda":
+        return device
+    if device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise RdfcilError(f"device '{name}' does not exist here: {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
 def backend_for(device_name: str) -> str:
@@ -79,13 +90,23 @@ class Distributed:
         """This process's share ``[rank::world]`` of a batch."""
         return tensor[self.rank::self.world] if self.enabled else tensor
 
-    def average_gradients(self, parameters) -> None:
+    def average_gradients(self, parameters) -> int:
+        """Average the gradients of ``parameters`` over the processes: those of one dtype
+        flattened into one buffer, all-reduced once, divided by the world size and copied back.
+        Returns the number of collectives (one per gradient dtype; 0 for one process)."""
         if not self.enabled:
-            return
+            return 0
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for p in parameters:
             if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(self.world)
+                by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat)
+            flat.div_(self.world)
+            for grad, averaged in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                grad.copy_(averaged)
+        return len(by_dtype)
 
     def broadcast_state(self, module: torch.nn.Module) -> None:
         """Copy rank 0's parameters and buffers (BatchNorm statistics) to every process."""

@@ -21,12 +21,12 @@ from .config import Config, resolve
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed, pick_device
 from .errors import RdfcilError
-from .graphs import fused_optimizer, new_task, step_function
+from .graphs import compile_seconds, fused_optimizer, new_task, step_function
 from .lock import folder_lock, rank_zero
 from .methods import Method, Phase, Task, build_method
 from .metrics import confusion_matrix
 from .nets import model_for
-from .precision import autocast_for, memory_format_for, precision_of
+from .precision import autocast_for, memory_format_for, precision_of, set_cuda_numerics
 from .progress import RunProgress
 from .steprecord import StepRecord
 from .runs import Results, add_task_metrics, default_out, new_record, prepare_folder, restore, save_task
@@ -165,6 +165,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
             phase.on_epoch_end()
         for name, value in sums.items():
             history.setdefault(name, []).append(value / max(batches, 1))
+    optimizer.zero_grad(set_to_none=True)  # no gradient left in a compiled step's memory pool
     ddp.broadcast_state(model)  # the same BatchNorm statistics on every process
     model.eval()
     return history
@@ -219,12 +220,32 @@ def run(config: Config | dict | None = None, resume: bool = True, force: bool = 
         torch.set_num_threads(threads)
 
 
-def _run(c: Config, resume: bool, force: bool) -> Results:
-    device = pick_device(c.device)
-    ddp = Distributed.from_env(c.device)
-    device = ddp.device(device)
+def select_device(c: Config, ddp: Distributed) -> torch.device:
+    """This process's device (``cuda:i`` with its index on CUDA: ``cuda:LOCAL_RANK`` under
+    torchrun), made current with ``torch.cuda.set_device``, the run's CUDA numerics policy
+    (``tf32``, ``deterministic``) applied."""
+    device = ddp.device(pick_device(c.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        set_cuda_numerics(c.tf32, c.deterministic)
+    return device
+
+
+def run_model(c: Config, spec, device: torch.device, channels_last: bool = True):
+    """The model of a run as the run sets it up: built on ``device`` with its padded head,
+    channels-last weights on CUDA (``channels_last=False``: left contiguous, for comparison),
+    the backbone compiled with ``compile`` (in place: the state_dict keys stay the same). The
+    benchmarks and ``check`` build theirs with it too."""
+    model = model_for(c, spec, device)
+    model = memory_format_for(model, device) if channels_last else model
+    if c.compile:
+        model.backbone.compile()
+    return model
+
+
+def _run(c: Config, resume: bool, force: bool) -> Results:
+    ddp = Distributed.from_env(c.device)
+    device = select_device(c, ddp)
     bench = load_benchmark(c, device)  # validates data, class order and split before any write
     folder = Path(c.out or default_out(c))
     start = prepare_folder(c, folder, resume, force, ddp)
@@ -232,15 +253,13 @@ def _run(c: Config, resume: bool, force: bool) -> Results:
         return start
 
     torch.manual_seed(c.seed)
-    model = model_for(c, bench.spec, device)
-    model = memory_format_for(model, device)
-    if c.compile:
-        model.backbone.compile()  # in place: the state_dict keys stay the same
+    model = run_model(c, bench.spec, device)
     method = build_method(c, model, bench.spec)
     record = new_record(c, bench)
     history: dict = {"tasks": []}
     if start:
         record, history = restore(folder, start, model, method, bench, c)
+    record["cuda_numerics"] = {"tf32": c.tf32, "deterministic": c.deterministic, "applied": device.type == "cuda"}
     progress = make_progress(c.progress and ddp.is_main)
     logger = make_logger(c.logger, folder, ddp.is_main)
     try:
@@ -265,6 +284,7 @@ def train_tasks(c: Config, start: int, model, method: Method, bench: Benchmark, 
                                          record.get("train_steps", 0))
         record["train_steps"] = record.get("train_steps", 0) + task_history.pop("steps")
         record["wall_seconds"].append(timings)
+        record.setdefault("compile_seconds", []).append(task_history.pop("compile_seconds"))
         history["tasks"].append(task_history)
         confusion = task_history.pop("confusion")
         snapshots = task_history.pop("snapshots")
@@ -321,7 +341,9 @@ def statistics_pass(model, method: Method, task: Task, bench: Benchmark, c: Conf
 def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, progress, last,
              ddp: Distributed | None = None, logger: NullLogger | None = None, log_offset: int = 0):
     """Train, end (freeze / invert) and evaluate one task; returns timings and histories
-    (``task_history["steps"]``: the training steps it took, for the logger's x axis).
+    (``task_history["steps"]``: the training steps it took, for the logger's x axis;
+    ``task_history["compile_seconds"]``: per phase, the seconds of its wall time torch spent
+    compiling, :func:`graphs.compile_seconds`).
 
     Order: the phases on images, the method's statistics pass (``statistics`` in the timings,
     if ``needs_statistics``), the phases on features the method supplies, ``end_task``, the
@@ -329,9 +351,11 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
     ddp = ddp or Distributed()
     logger = logger or NullLogger()
     timings: dict[str, float] = {}
-    task_history: dict = {"phases": {}}
+    compiled: dict[str, float] = {}
+    task_history: dict = {"phases": {}, "compile_seconds": compiled}
     generator = seed_everything(stage_seed(c.seed, task.index, 0))
-    new_task(model.device, c.graphs)  # this task's steps compile anew (graphs.py)
+    if not method.task_invariant_steps:
+        new_task(model.device, c.graphs)  # this task's steps compile anew (graphs.py)
     model.head.add_task(task.n_new)  # after seeding: a resumed run draws the same initial weights
     method.set_shard(ddp.shard)
     method.begin_task(task)
@@ -346,22 +370,24 @@ def run_task(model, method: Method, task: Task, bench: Benchmark, c: Config, pro
             timings["statistics"] = time.perf_counter() - started
         if phase is None:
             break
-        started = time.perf_counter()
+        started, compiling = time.perf_counter(), compile_seconds()
         task_history["phases"][phase.name] = train_phase(model, phase, bench, c, generator, task.index,
                                                          progress, last, ddp, logger, log_offset + steps)
         steps += phase_steps(phase, bench, c)
         timings[phase.name] = timings.get(phase.name, 0.0) + time.perf_counter() - started
+        compiled[phase.name] = compiled.get(phase.name, 0.0) + compile_seconds() - compiling
         if i < len(phases) - 1:  # e.g. after RRL, before refinement: kept for the notebooks
             task_history["snapshots"][phase.name] = {
                 "confusion": torch.as_tensor(evaluate(model, bench, task.seen, c.eval_batch_size, c.precision, ddp)),
                 "head": model.head.weight.detach().cpu().clone()}
-    started = time.perf_counter()
+    started, compiling = time.perf_counter(), compile_seconds()
     seed_everything(stage_seed(c.seed, task.index, 1))
     end = method.end_task(task, progress, FiniteCheck(task.index, "inversion", last))
     for module in method.synchronised_modules():
         ddp.broadcast_state(module)
     for stage, stage_history in end.histories.items():  # one stage per task end today: the inversion
         timings[stage] = time.perf_counter() - started
+        compiled[stage] = compile_seconds() - compiling
         task_history[stage] = stage_history
     if "inversion" in end.histories:
         log_inversion(logger, method, task, bench, c, end.histories["inversion"], end.info)

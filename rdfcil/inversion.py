@@ -122,21 +122,31 @@ class BatchNormStatistics(contextlib.AbstractContextManager):
         return value
 
 
-@fp32
-def content_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``CE(o / tau, argmax o)``."""
-    return F.cross_entropy(logits.float() / temperature, logits.argmax(dim=1))
+def seen_only(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``logits`` in fp32, those of classes outside the bool ``mask`` (C,) at ``-inf`` (no
+    probability, never the argmax); all of them when ``mask`` is None."""
+    return logits.float() if mask is None else logits.float().masked_fill(~mask, float("-inf"))
 
 
 @fp32
-def class_balance_loss(logits: torch.Tensor) -> torch.Tensor:
-    """``1 + sum_c p_c log p_c / log K`` with ``p`` the batch-mean softmax: 0 when the batch
-    covers the K classes uniformly, 1 when it is all one class."""
-    k = logits.shape[1]
-    if k < 2:
-        return logits.new_zeros(())
-    p = F.softmax(logits.float(), dim=1).mean(dim=0)
-    return 1.0 + (p * torch.log(p.clamp_min(1e-12))).sum() / math.log(k)
+def content_loss(logits: torch.Tensor, temperature: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``CE(o / tau, argmax o)`` over the classes of ``mask`` (all when None)."""
+    logits = seen_only(logits, mask)
+    return F.cross_entropy(logits / temperature, logits.argmax(dim=1))
+
+
+@fp32
+def class_balance_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 + sum_c p_c log p_c / log K`` with ``p`` the batch-mean softmax over the K classes of
+    ``mask`` (all when None): 0 when the batch covers the K classes uniformly, 1 when it is all
+    one class, 0 for K < 2."""
+    p = F.softmax(seen_only(logits, mask), dim=1).mean(dim=0)
+    entropy = (p * torch.log(p.clamp_min(1e-12))).sum()
+    if mask is None:
+        k = logits.shape[1]
+        return logits.new_zeros(()) if k < 2 else 1.0 + entropy / math.log(k)
+    k = mask.sum()  # a device tensor: the same graph for any number of seen classes
+    return torch.where(k >= 2, 1.0 + entropy / torch.log(k.clamp_min(2).float()), torch.zeros_like(entropy))
 
 
 def published_blur_kernel(channels: int, device=None) -> torch.Tensor:
@@ -158,17 +168,28 @@ def smoothness_loss(images: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(images.float(), F.conv2d(padded, kernel, groups=channels))
 
 
-def inversion_losses(images, logits, stats: BatchNormStatistics, weights: dict) -> dict:
-    """The four weighted inversion terms of one step (the same page)."""
+def inversion_losses(images, logits, stats: BatchNormStatistics, weights: dict, mask: torch.Tensor | None = None) -> dict:
+    """The four weighted inversion terms of one step (the same page); ``mask``: the old model's
+    seen classes when ``logits`` are a padded head's (:func:`old_logits`)."""
     return {
-        "content": content_loss(logits, weights["content_temperature"]),
-        "balance": weights["alpha_cb"] * class_balance_loss(logits),
+        "content": content_loss(logits, weights["content_temperature"], mask),
+        "balance": weights["alpha_cb"] * class_balance_loss(logits, mask),
         "smoothness": weights["alpha_pr"] * smoothness_loss(images),
         "bn_stats": weights["alpha_rf"] * stats.loss(),
     }
 
 
 # --------------------------------------------------------------------------- training and sampling
+
+def old_logits(old_model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logits, mask)`` of ``old_model`` on ``x``: a model with a padded head
+    (``nets.IncrementalNet``) gives the logits of every class it can hold and its bool mask of
+    seen classes, the same shapes in every task; any other model its logits and None."""
+    head = getattr(old_model, "head", None)
+    if hasattr(old_model, "padded") and hasattr(head, "seen"):
+        return old_model.padded(x), head.seen
+    return old_model(x), None
+
 
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy in eval mode with every parameter frozen: the old model ``M_old``."""
@@ -177,6 +198,24 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     for p in old.parameters():
         p.requires_grad_(False)
     return old
+
+
+def refreeze(old: nn.Module | None, model: nn.Module) -> nn.Module:
+    """``model``'s frozen copy (:func:`frozen_copy`), written into ``old`` in place when ``old``
+    has the same parameters and buffers (a padded head: every task): the old model's tensors
+    then keep their addresses from task to task, which compiled steps and CUDA graphs rely on."""
+    if old is None or type(old) is not type(model):
+        return frozen_copy(model)
+    pairs = list(zip(old.parameters(), model.parameters())) + list(zip(old.buffers(), model.buffers()))
+    if len(pairs) != len(list(model.parameters())) + len(list(model.buffers())) or \
+            any(a.shape != b.shape or a.dtype != b.dtype for a, b in pairs):
+        return frozen_copy(model)
+    with torch.no_grad():
+        for kept, current in pairs:
+            kept.copy_(current)
+    if hasattr(model, "head") and hasattr(model.head, "sizes"):
+        old.head.sizes = list(model.head.sizes)
+    return old.eval()
 
 
 def loss_weights(config) -> dict:
@@ -200,7 +239,8 @@ def generator_step(generator: Generator, old_model: nn.Module, stats: "BatchNorm
 
     def step_loss(z: torch.Tensor) -> dict:
         images = generator(z)
-        return inversion_losses(images, old_model(images), stats, weights)
+        logits, mask = old_logits(old_model, images)
+        return inversion_losses(images, logits, stats, weights, mask)
     step_loss = step_function(step_loss, device, graphs)
 
     def step() -> dict:
@@ -253,22 +293,26 @@ def train_generator(generator: Generator, old_model: nn.Module, steps: int, batc
             if progress is not None:
                 progress.update(1)
         take(record.flush())
+    optimizer.zero_grad(set_to_none=True)  # no gradient left in a compiled step's memory pool
     generator.eval()
     return history
 
 
 @torch.no_grad()
-def sample(generator: Generator, old_model: nn.Module, n: int, batch_size: int = 256):
-    """``n`` synthetic images from ``G`` in eval mode, their old-model logits and argmax labels."""
+def sample(generator: Generator, old_model: nn.Module, n: int, batch_size: int = 256, padded: bool = False):
+    """``n`` synthetic images from ``G`` in eval mode, their old-model logits and argmax labels;
+    with ``padded`` the logits of every class of the old model's padded head (:func:`old_logits`;
+    0 for the classes it had not seen), the labels among its seen classes."""
     generator.eval()
     device = next(generator.parameters()).device
-    images, logits = [], []
+    images, logits, mask = [], [], None
     for start in range(0, n, batch_size):
         x = generator(generator.sample_z(min(batch_size, n - start), device))
         images.append(x)
-        logits.append(old_model(x).float())
+        z, mask = old_logits(old_model, x) if padded else (old_model(x), None)
+        logits.append(z.float())
     images, logits = torch.cat(images), torch.cat(logits)
-    return images, logits.argmax(dim=1), logits
+    return images, seen_only(logits, mask).argmax(dim=1), logits
 
 
 def class_coverage(labels: torch.Tensor, num_classes: int) -> list[int]:
@@ -280,17 +324,19 @@ class SyntheticReplay:
     """Synthetic batches ``(x_s, y_s, old_logits)`` for incremental training.
 
     ``pool_size = 0`` draws every batch from ``G`` (the paper); ``pool_size = n`` makes ``n``
-    images once and replays random batches from them (a CPU budget: the quick presets)."""
+    images once and replays random batches from them (a CPU budget: the quick presets).
+    ``padded``: the old logits of every class of the old model's padded head (:func:`sample`)."""
 
-    def __init__(self, generator: Generator, old_model: nn.Module, batch_size: int, pool_size: int = 0):
+    def __init__(self, generator: Generator, old_model: nn.Module, batch_size: int, pool_size: int = 0,
+                 padded: bool = False):
         self.generator, self.old_model = generator, old_model
-        self.batch_size, self.pool_size = batch_size, pool_size
-        self.pool = sample(generator, old_model, pool_size) if pool_size else None
+        self.batch_size, self.pool_size, self.padded = batch_size, pool_size, padded
+        self.pool = sample(generator, old_model, pool_size, padded=padded) if pool_size else None
         self.shard = lambda tensor: tensor  # set by the engine under torchrun: this process's share
 
     def batch(self):
         if self.pool is None:
-            drawn = sample(self.generator, self.old_model, self.batch_size, self.batch_size)
+            drawn = sample(self.generator, self.old_model, self.batch_size, self.batch_size, self.padded)
         else:
             images, labels, logits = self.pool
             pick = torch.randint(0, len(labels), (self.batch_size,), device=labels.device)

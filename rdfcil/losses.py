@@ -34,6 +34,26 @@ def global_ce(logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.
 
 
 @fp32
+def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+              class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``CE(z, y)`` over the classes where the bool ``mask`` (C,) is True, the others left out
+    (logits ``-inf``: no probability, no gradient); optionally class-weighted as
+    :func:`global_ce`. Over a padded head's logits (B, C) with ``mask`` its seen classes it is
+    :func:`global_ce` of the seen logits; with the new classes' mask it is :func:`local_ce`
+    (``CE(z[:, n_old:], y - n_old)``), in shapes that do not change from task to task."""
+    return F.cross_entropy(logits.float().masked_fill(~mask, float("-inf")), targets, weight=class_weights)
+
+
+@fp32
+def masked_hkd(logits: torch.Tensor, old_logits: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """:func:`hkd` on the old classes of padded logits: ``sum_{i, c in old} |z_ic - z_old_ic| /
+    (B n_old)``, ``old`` the bool mask (C,) of the old model's classes, ``n_old = sum(old)``
+    (a device tensor: no shape depends on it)."""
+    difference = (logits.float() - old_logits.float()).abs() * old
+    return difference.sum() / (len(logits) * old.sum())
+
+
+@fp32
 def hkd(logits_old_classes: torch.Tensor, old_logits: torch.Tensor) -> torch.Tensor:
     """Hard knowledge distillation: ``L_hkd = mean |z[:, :n_old] - z_old|`` (L1)."""
     return F.l1_loss(logits_old_classes.float(), old_logits.float())
@@ -97,8 +117,8 @@ def angle_relations(e: torch.Tensor) -> torch.Tensor:
 def distance_relations(e: torch.Tensor) -> torch.Tensor:
     """Pairwise distances normalised by their mean over distinct pairs: ``d_ij / mean(d)``."""
     d = torch.cdist(e.float(), e.float())
-    off_diagonal = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
-    return d / d[off_diagonal].mean().clamp_min(1e-12)
+    off_diagonal = 1 - torch.eye(len(e), device=e.device)  # a product, not a boolean index: static shape, no sync
+    return d / ((d * off_diagonal).sum() / off_diagonal.sum()).clamp_min(1e-12)
 
 
 @fp32

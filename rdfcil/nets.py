@@ -1,9 +1,9 @@
 """Backbones (CIFAR-style ResNet-8/14/20/32, ImageNet-style ResNet-18) and the incremental head.
 
-The head is a ``ModuleList`` of bias-free linears, one per task, whose logits are concatenated
-in task order (what the paper's code does). A new task appends a new linear; the old ones keep
-their weights, and each phase builds its optimiser from an explicit parameter list, so the new
-parameters are always seen.
+The head is the bias-free linear rows of every class, a block per task, whose logits are
+concatenated in task order (what the paper's code does with one linear per task). A new task
+fills the next rows; the old ones keep their weights. The rows of classes not seen yet are
+zero (:class:`IncrementalHead`), so that a phase's step has the same shapes in every task.
 """
 
 from __future__ import annotations
@@ -154,51 +154,87 @@ def build_backbone(name: str, channels: int, image_size: int, variant: str = "pu
 
 
 class IncrementalHead(nn.Module):
-    """Concatenated bias-free linears, one per task: ``logits = [W_0 f, W_1 f, ..., W_t f]``."""
+    """Bias-free linear rows, one block per task: ``logits = [W_0 f, W_1 f, ..., W_t f]``.
 
-    def __init__(self, feature_dim: int, init_std: float | None = 0.001, device=None):
+    With ``capacity`` (the run's class count) the rows live in one ``(capacity, feature_dim)``
+    parameter, ``padded_weight``, from the start: rows of classes not seen yet are zero, and the
+    bool buffer ``seen`` marks the seen ones. A task's compiled step then sees the same shapes in
+    every task (:meth:`padded`). Without ``capacity`` the parameter grows with each task.
+    ``forward`` gives the seen classes' logits, ``(batch, num_classes)``, either way."""
+
+    def __init__(self, feature_dim: int, init_std: float | None = 0.001, device=None, capacity: int | None = None):
         super().__init__()
         self.feature_dim = feature_dim
         self.init_std = init_std  # normal(0, init_std) as published; None: PyTorch's default uniform
-        self.tasks = nn.ModuleList()
-        # An empty, non-persistent buffer: it follows ``.to()`` and tells ``add_task`` where the
-        # model lives even before the first task's linear exists.
-        self.register_buffer("anchor", torch.empty(0, device=device), persistent=False)
+        self.capacity = capacity
+        self.sizes: list[int] = []  # classes of each task, in order
+        self.padded_weight = nn.Parameter(torch.zeros(capacity or 0, feature_dim, device=device))
+        self.register_buffer("seen", torch.zeros(capacity or 0, dtype=torch.bool, device=device), persistent=False)
 
     @property
     def device(self) -> torch.device:
-        return self.anchor.device
+        return self.padded_weight.device
 
     @property
     def num_classes(self) -> int:
-        return sum(layer.out_features for layer in self.tasks)
+        return sum(self.sizes)
 
-    def add_task(self, num_classes: int) -> nn.Linear:
-        """Append a linear for ``num_classes`` new classes, created on the head's device."""
+    def add_task(self, num_classes: int) -> None:
+        """Rows for ``num_classes`` new classes, drawn as a new ``nn.Linear`` on the head's device
+        draws them (its init, then normal(0, init_std)): the same random numbers in the same order
+        whatever the head's capacity."""
         layer = nn.Linear(self.feature_dim, num_classes, bias=False, device=self.device)
         if self.init_std is not None:
             nn.init.normal_(layer.weight, std=self.init_std)
-        self.tasks.append(layer)
-        return layer
+        start, stop = self.num_classes, self.num_classes + num_classes
+        if stop > len(self.padded_weight):
+            if self.capacity is not None:
+                raise RdfcilError(f"the head holds {self.capacity} classes; a task of {num_classes} more "
+                                  f"after {start} does not fit")
+            grown = torch.cat([self.padded_weight.detach(), torch.zeros_like(layer.weight)])
+            self.padded_weight = nn.Parameter(grown)
+            self.seen = torch.cat([self.seen, torch.zeros(num_classes, dtype=torch.bool, device=self.device)])
+        with torch.no_grad():
+            self.padded_weight[start:stop] = layer.weight
+            self.seen[start:stop] = True
+        self.sizes.append(num_classes)
 
     def forward(self, features):
-        return torch.cat([layer(features) for layer in self.tasks], dim=1)
+        return F.linear(features, self.weight)
+
+    def padded(self, features):
+        """Logits of every class of the capacity, ``(batch, capacity)``: 0 for a class not seen
+        yet (its row is zero and gets no gradient)."""
+        return F.linear(features, self.padded_weight) * self.seen
 
     @property
     def weight(self) -> torch.Tensor:
-        """All class weight rows, (num_classes, feature_dim)."""
-        return torch.cat([layer.weight for layer in self.tasks], dim=0)
+        """All seen class rows, (num_classes, feature_dim)."""
+        return self.padded_weight[:self.num_classes]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Load the seen rows whatever the stored capacity (rows past ``num_classes`` are zero);
+        checkpoints that stored one linear per task (``tasks.<i>.weight``) load into the rows."""
+        key = prefix + "padded_weight"
+        per_task = sorted((k for k in state_dict if k.startswith(prefix + "tasks.")), key=lambda k: int(k.split(".")[-2]))
+        if per_task and key not in state_dict:
+            state_dict[key] = torch.cat([state_dict.pop(k) for k in per_task])
+        stored = state_dict.get(key)
+        if stored is not None and len(stored) != len(self.padded_weight):
+            rows = stored[:len(self.padded_weight)]
+            state_dict[key] = torch.cat([rows, rows.new_zeros(len(self.padded_weight) - len(rows), rows.shape[1])])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class IncrementalNet(nn.Module):
     """Backbone + incremental head. ``forward(x)`` gives logits; ``forward(x, features=True)``
     gives ``(logits, pooled features)`` (the paper's "feature mode")."""
 
-    def __init__(self, backbone: nn.Module, head_init_std: float | None = 0.001):
+    def __init__(self, backbone: nn.Module, head_init_std: float | None = 0.001, num_classes: int | None = None):
         super().__init__()
         self.backbone = backbone
         device = next(backbone.parameters()).device
-        self.head = IncrementalHead(backbone.feature_dim, head_init_std, device)
+        self.head = IncrementalHead(backbone.feature_dim, head_init_std, device, num_classes)
 
     @property
     def device(self) -> torch.device:
@@ -216,16 +252,24 @@ class IncrementalNet(nn.Module):
         logits = self.head(f)
         return (logits, f) if features else logits
 
+    def padded(self, x, features: bool = False):
+        """``forward`` with the logits of every class the head can hold (:meth:`IncrementalHead.padded`)."""
+        f = self.backbone(x)
+        logits = self.head.padded(f)
+        return (logits, f) if features else logits
+
 
 def build_model(backbone: str, channels: int, image_size: int, device=None, *, variant: str = "published",
-                head_init_std: float | None = 0.001) -> IncrementalNet:
+                head_init_std: float | None = 0.001, num_classes: int | None = None) -> IncrementalNet:
     """Backbone + empty head, built on ``device`` (CPU, CUDA or ``meta``): nothing is moved after
     construction, and the head's later tasks are created where the model lives. ``variant`` and
-    ``head_init_std`` default to the published code's."""
-    return IncrementalNet(build_backbone(backbone, channels, image_size, variant, device), head_init_std)
+    ``head_init_std`` default to the published code's; ``num_classes``: the head's capacity
+    (:class:`IncrementalHead`; None grows it task by task)."""
+    return IncrementalNet(build_backbone(backbone, channels, image_size, variant, device), head_init_std, num_classes)
 
 
 def model_for(config, spec, device=None) -> IncrementalNet:
-    """The model a config asks for (``backbone``, ``resnet_variant``, ``head_init_std``) on ``device``."""
+    """The model a config asks for (``backbone``, ``resnet_variant``, ``head_init_std``) on ``device``,
+    its head padded to the dataset's ``spec.num_classes``."""
     return build_model(config.backbone, spec.channels, spec.image_size, device, variant=config.resnet_variant,
-                       head_init_std=config.head_init_std)
+                       head_init_std=config.head_init_std, num_classes=spec.num_classes)

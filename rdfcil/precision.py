@@ -10,6 +10,18 @@ the CPU; ``fp32`` runs them as they are. Losses that compare distributions or re
 is faster differs from phase to phase and from device to device (a launch-bound step gains
 nothing from bf16 and pays its casts), so ``bench-speed --pick-precision`` times every phase's
 step both ways and prints the mapping that takes the faster of each (:func:`pick_fastest`).
+
+What repeats bit for bit. On the CPU a run repeats exactly (same seed, same thread count), and
+``graphs: true`` gives the plain run's numbers up to float rounding. On a GPU: ``tf32``
+(``convolutions`` by default, as PyTorch and the published code run) computes fp32
+convolutions in TF32 on Ampere and later, so fp32 runs differ from a CPU's and from
+``tf32: none`` by more than rounding; cuDNN may pick non-deterministic algorithms, and some
+kernels (``index_add_``, scatter) add in any order, so two runs of one config differ slightly
+unless ``deterministic: true`` (slower); under ``graphs`` the random numbers drawn inside a
+compiled step (synthetic batches' noise, the pool's picks) come from another stream than the
+eager path's, so graphs on and off agree statistically, not
+bit for bit. ``set_cuda_numerics`` applies the policy; the run's record keeps it
+(``cuda_numerics``).
 """
 from __future__ import annotations
 
@@ -70,3 +82,24 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 def memory_format_for(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Channels-last weights on CUDA (faster convolutions with cuDNN); unchanged elsewhere."""
     return model.to(memory_format=torch.channels_last) if torch.device(device).type == "cuda" else model
+
+
+def set_cuda_numerics(tf32: str, deterministic: bool) -> dict:
+    """Apply the run's CUDA numerics policy and return it as recorded in the run.
+
+    ``tf32``: ``none`` computes fp32 convolutions and matrix products in fp32; ``convolutions``
+    (PyTorch's default, the published code's) lets cuDNN run fp32 convolutions in TF32 (10-bit
+    mantissa) on Ampere and later; ``all`` matrix products too. ``deterministic``: cuDNN and
+    torch use deterministic algorithms only (``torch.use_deterministic_algorithms(True,
+    warn_only=True)``, cuBLAS's fixed workspace), cuDNN's autotuning off. Flags only: nothing
+    runs on a device, and the CPU ignores them."""
+    import os
+    torch.backends.cudnn.allow_tf32 = tf32 in ("convolutions", "all")
+    torch.backends.cuda.matmul.allow_tf32 = tf32 == "all"
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = False
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    return {"tf32": tf32, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32, "deterministic": deterministic}

@@ -21,12 +21,11 @@ from . import losses as L
 from .config import resolve
 from .data import dataset_spec, load_benchmark
 from .distributed import pick_device
-from .engine import evaluate, train_phase, training_step
-from .graphs import fused_optimizer
+from .engine import evaluate, run_model, train_phase, training_step
+from .graphs import compile_seconds, fused_optimizer
 from .inversion import BatchNormStatistics, build_generator, frozen_copy, generator_step, inversion_losses, loss_weights
 from .io import write_json
 from .methods import ABD, RDFCIL, Finetune, Task
-from .nets import model_for
 from .precision import PRECISIONS, autocast_for, pick_fastest
 
 
@@ -63,7 +62,8 @@ def sgd_step(model, optimizer, x, y, autocast):
 
 
 def conventional_loader(bench, classes: range, batch_size: int, workers: int):
-    """The published pipeline's shape: a Dataset of PIL images, torchvision transforms, workers."""
+    """The published pipeline's shape: a Dataset of PIL images, torchvision transforms, workers,
+    batches in pinned memory when the model is on CUDA."""
     from torchvision import transforms as T
     spec = bench.spec
     steps = [T.ToPILImage()]
@@ -83,7 +83,8 @@ def conventional_loader(bench, classes: range, batch_size: int, workers: int):
         def __getitem__(self, i):
             return transform(images[i]), labels[i]
     return torch.utils.data.DataLoader(Images(), batch_size=batch_size, shuffle=True, drop_last=True,
-                                       num_workers=workers, persistent_workers=workers > 0)
+                                       num_workers=workers, persistent_workers=workers > 0,
+                                       pin_memory=bench.train.device.type == "cuda")
 
 
 def peak_memory_mb(device) -> float:
@@ -100,7 +101,7 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     autocast = autocast_for(device, config.precision)
     timer = Timer(device)
     torch.manual_seed(0)
-    model = model_for(config, spec, device)
+    model = run_model(config, spec, device)  # channels-last on CUDA, as a run's
     model.head.add_task(len(bench.tasks[0]))
     out: dict = {"device": str(device), "dataset": config.dataset, "backbone": config.backbone,
                  "batch_size": b, "precision": config.precision, "rrl_forward": config.rrl_forward,
@@ -118,7 +119,9 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     phase.epochs, phase.milestones = 1, []
     n_epoch = bench.train.num_batches(task0.classes, b, drop_last=True) * b
     generator = torch.Generator().manual_seed(0)
+    compiling = compile_seconds()
     train_phase(model, phase, bench, config, generator, 0, None, None)  # warm-up
+    compile_s = {"base": compile_seconds() - compiling}
     started = time.perf_counter()
     train_phase(model, phase, bench, config, generator, 0, None, None)
     if device.type == "cuda":
@@ -142,12 +145,17 @@ def measure(config, steps: int = 10, workers: int = 2) -> dict:
     method, task1 = incremental_setup(RDFCIL, config, model, bench)
     xr, yr = next(bench.train.batches(task1.classes, b, shuffle=True, augment=True, generator=generator))
     rrl, refine = method.phases(task1)
-    out.update(time_rrl(model, method, rrl, refine, xr, yr, timer, config.precision, config.graphs, steps))
+    out.update(time_rrl(model, method, rrl, refine, xr, yr, timer, config.precision, config.graphs, steps, compile_s))
     abd, _ = incremental_setup(ABD, config, model, bench, like=method)  # the paper table's other method
     model.train()
+    compiling = compile_seconds()
     out["abd_train_s"] = timer(phase_step(abd.phases(task1)[0], lambda: (xr, yr), config.precision, config.graphs,
                                           config.momentum), steps)
+    compile_s["train"] = compile_seconds() - compiling
+    compiling = compile_seconds()
     out.update(time_inversion(method, config, spec, device, timer, config.precision, steps))
+    compile_s["inversion"] = compile_seconds() - compiling
+    out["compile_s"] = compile_s  # seconds torch compiled each phase's step (graphs; 0 without)
 
     # 5. evaluation on the test images of the seen classes
     seen = range(0, bench.tasks[1].stop)
@@ -166,7 +174,7 @@ def incremental_setup(method_class, config, model, bench, like=None):
     method.old_model = like.old_model if like else frozen_copy(model)
     method.inversion.generator = like.inversion.generator if like else build_generator(config, bench.spec, device).eval()
     task1 = Task(1, bench.tasks[1], 2)
-    if len(model.head.tasks) < 2:
+    if len(model.head.sizes) < 2:
         model.head.add_task(task1.n_new)
     method.begin_task(task1)
     return method, task1
@@ -181,17 +189,26 @@ def phase_step(phase, batch, precision: str, graphs: bool, momentum: float = 0.9
     step = training_step(phase, optimizer, device, precision, graphs)
     for module in phase.modules:
         module.train()
-    return lambda: step(*batch())
+
+    def one_step():
+        return step(*batch())
+    one_step.ready = getattr(batch, "ready", lambda n: None)  # see BatchStream
+    return one_step
 
 
-def time_rrl(model, method, rrl, refine, x, y, timer, precision, graphs, steps) -> dict:
-    """The RRL step and its parts: sampling, old-model forwards, current fwd+bwd, RKD angles."""
+def time_rrl(model, method, rrl, refine, x, y, timer, precision, graphs, steps, compile_s: dict | None = None) -> dict:
+    """The RRL step and its parts: sampling, old-model forwards, current fwd+bwd, RKD angles;
+    the seconds each step's compile took go to ``compile_s["rrl"]``, ``compile_s["refine"]``."""
+    compile_s = {} if compile_s is None else compile_s
     autocast = autocast_for(x.device, precision)
     optimizer = torch.optim.SGD(rrl.parameters, lr=1e-3, momentum=0.9)
     model.train()
+    compiling = compile_seconds()
     rrl_s = timer(phase_step(rrl, lambda: (x, y), precision, graphs), steps)
+    compile_s["rrl"], compiling = compile_seconds() - compiling, compile_seconds()
     model.eval()
     refine_s = timer(phase_step(refine, lambda: (x, y), precision, graphs), steps)
+    compile_s["refine"] = compile_seconds() - compiling
     model.train()
     replay = method.inversion.replay
     xs, ys, _ = replay.batch()
@@ -264,16 +281,18 @@ def time_inversion(method, config, spec, device, timer, precision, steps) -> dic
                 "inversion_part_old_model_s": timer(old_only, steps), "inversion_batch": batch}
 
 
-def each_phase(config, bench, device, precision: str, measure, fresh_batches: bool = False) -> dict:
+def each_phase(config, bench, device, precision: str, measure, fresh_batches: bool = False,
+               channels_last: bool = True) -> dict:
     """``{phase: measure(phase, step)}`` for every phase of :data:`precision.PHASES` at
     ``precision``, ``step()`` running one step through the run's own step function: ``base``
     (task 0), ``train`` (ABD's incremental step, the other method of the paper's table),
     R-DFCIL's ``rrl`` and ``refine`` (task 1), and an ``inversion`` step against the frozen
     model. The real batch is one fixed batch, or with ``fresh_batches`` the next augmented batch
-    of the run's pipeline at every step (its drawing then part of the step)."""
+    of the run's pipeline at every step (its drawing then part of the step). ``channels_last``:
+    the run's weight layout on CUDA (False: contiguous weights, for comparison)."""
     spec, b, graphs, momentum = bench.spec, config.batch_size, config.graphs, config.momentum
     torch.manual_seed(0)
-    model = model_for(config, spec, device)
+    model = run_model(config, spec, device, channels_last)  # channels-last on CUDA, as a run's
     model.head.add_task(len(bench.tasks[0]))
     generator = torch.Generator().manual_seed(0)
 
@@ -281,12 +300,7 @@ def each_phase(config, bench, device, precision: str, measure, fresh_batches: bo
         if not fresh_batches:
             fixed = next(bench.train.batches(task.classes, b, shuffle=True, augment=True, generator=generator))
             return lambda: fixed
-        def endless():
-            while True:
-                yield from bench.train.batches(task.classes, b, shuffle=True, augment=True, generator=generator,
-                                               drop_last=True)
-        stream = endless()
-        return lambda: next(stream)
+        return BatchStream(bench, task.classes, b, generator)
     task0 = Task(0, bench.tasks[0], 2)
     model.train()
     out = {"base": measure("base", phase_step(Finetune(config, model, spec).phases(task0)[0], batches(task0),
@@ -302,6 +316,37 @@ def each_phase(config, bench, device, precision: str, measure, fresh_batches: bo
     with inversion_step(rdfcil.old_model, config, spec, device, precision) as step:
         out["inversion"] = measure("inversion", step)
     return out
+
+
+class BatchStream:
+    """The run's pipeline as an endless stream of augmented training batches of ``classes``
+    (``drop_last``), epoch after epoch. ``ready(n)``: the next ``n`` calls stay in one epoch; if
+    fewer batches are left, the next epoch is started now (its permutation, and the class index
+    that makes the host wait once an epoch, as a run's loop does between steps)."""
+
+    def __init__(self, bench, classes: range, batch_size: int, generator: torch.Generator):
+        self.bench, self.classes, self.batch_size, self.generator = bench, classes, batch_size, generator
+        self.per_epoch = bench.train.num_batches(classes, batch_size, drop_last=True)
+        self.left, self.epoch, self.pending = 0, iter(()), None
+
+    def _new_epoch(self) -> None:
+        self.epoch = self.bench.train.batches(self.classes, self.batch_size, shuffle=True, augment=True,
+                                              generator=self.generator, drop_last=True)
+        self.left = self.per_epoch
+        self.pending = next(self.epoch)  # the epoch's set-up runs here
+
+    def ready(self, n: int) -> None:
+        if self.left < n:
+            self._new_epoch()
+
+    def __call__(self):
+        if self.left == 0:
+            self._new_epoch()
+        self.left -= 1
+        if self.pending is not None:
+            batch, self.pending = self.pending, None
+            return batch
+        return next(self.epoch)
 
 
 def time_phases(config, bench, device, precision: str, steps: int) -> dict[str, float]:

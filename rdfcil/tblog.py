@@ -119,6 +119,11 @@ def every(history: dict[str, list[float]], interval: int, offset: int = 0, prefi
         yield offset + s, {prefix + name: values[s] for name, values in history.items() if s < len(values)}
 
 
+def forked_rng(device: torch.device):
+    """``torch.random.fork_rng`` of the CPU and, on CUDA, of ``device``'s generator."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 @torch.no_grad()
 def synthetic_grid(generator, old_model, num_classes: int, denormalize, per_class: int = 8,
                    max_classes: int = 20, seed: int = 0) -> torch.Tensor:
@@ -126,9 +131,7 @@ def synthetic_grid(generator, old_model, num_classes: int, denormalize, per_clas
     ``max_classes`` classes), drawn in a forked random state: the run's streams are untouched."""
     from torchvision.utils import make_grid
     from .inversion import sample
-    device = next(generator.parameters()).device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with forked_rng(next(generator.parameters()).device):
         torch.manual_seed(seed)
         images, labels, _ = sample(generator, old_model, per_class * min(num_classes, max_classes) * 4)
     rows = []

@@ -163,3 +163,15 @@ def test_pyproject_and_environment_list_the_same_packages():
 def test_config_round_trips_through_a_dict():
     c = Config(epochs=3)
     assert Config(**c.to_dict()) == c
+
+
+def test_cuda_numerics_keys_and_compile_with_graphs_refused():
+    import pytest
+    from rdfcil.config import resolve
+    from rdfcil.errors import RdfcilError
+    c = resolve({"dataset": "digits"})
+    assert (c.tf32, c.deterministic) == ("convolutions", False)  # PyTorch's defaults, the published code's
+    with pytest.raises(RdfcilError, match="unknown tf32 'some'"):
+        resolve({"dataset": "digits", "tf32": "some"})
+    with pytest.raises(RdfcilError, match="set one of them"):
+        resolve({"dataset": "digits", "compile": True, "graphs": True})

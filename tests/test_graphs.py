@@ -31,7 +31,7 @@ def test_switch_is_eager_off_cuda_and_compiles_on_cuda(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
     graphs.step_function(f, torch.device("cuda"), True)
-    assert calls == [{"mode": "reduce-overhead", "dynamic": False}]
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False, "fullgraph": True}]
 
 
 @pytest.mark.parametrize("method", ["finetune", "rdfcil"])
@@ -66,21 +66,40 @@ def test_fused_optimiser_only_with_graphs_on_cuda():
     assert graphs.fused_optimizer(torch.device("cpu"), True) == {} == graphs.fused_optimizer("meta", True)
 
 
-def test_every_task_compiles_its_steps_past_the_recompile_limit(tmp_path, monkeypatch):
-    """A task's loss weights and head width are constants of its graphs, so every task compiles
-    its steps again; torch keeps 8 versions of a function and runs the ninth eagerly. With
-    ``graphs.new_task`` dropping the last task's graphs, all 10 tasks of a run compile every
-    step; without it, tasks 9 and 10 ran eagerly (the limit was hit)."""
+def test_a_ten_task_run_compiles_each_phase_once_with_the_plain_losses(tmp_path, monkeypatch):
+    """R-DFCIL's steps are task-invariant (padded head, class masks, weights as device tensors):
+    over 10 tasks Dynamo compiles the base, RRL, refinement and inversion steps once each (they
+    compiled in every task before: 1 + 9 x 3 graphs), with no graph break and no recompile,
+    and the losses are the plain path's."""
     from torch._dynamo.utils import counters
+    tiny = {**TINY, "tasks": 10, "epochs": 2, "milestones": [], "batch_size": 8, "train_per_class": 8,
+            "inversion_steps": 2, "inversion_batch_size": 8, "synthetic_pool": 16, "coverage_samples": 16,
+            "logger": "none", "method": "rdfcil"}
+    torch.set_num_threads(1)
+    run(resolve({**tiny, "out": str(tmp_path / "plain")}))
+    compiled, backends = {}, {}
+
+    def counting(name):  # one backend per step function, reused: torch matches a cached graph's backend
+        def backend(gm, example_inputs):
+            compiled[name] = compiled.get(name, 0) + 1
+            return gm.forward
+        return backends.setdefault(name, backend)
+    real_compile = torch.compile
     monkeypatch.setattr(graphs, "OFF_CUDA_BACKEND", "eager")
-    tiny = {**TINY, "tasks": 10, "epochs": 2, "milestones": [], "batch_size": 16, "inversion_steps": 2,
-            "inversion_batch_size": 16, "synthetic_pool": 32, "coverage_samples": 32, "logger": "none"}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": counting(fn.__qualname__)}))
     torch._dynamo.reset()
     counters.clear()
-    run(resolve({**tiny, "method": "rdfcil", "graphs": True, "out": str(tmp_path / "ten")}))
-    frames = dict(counters["frames"])
-    assert frames["total"] == frames["ok"] >= 1 + 9 * 3  # base; then RRL, refinement, inversion of every task
-    assert not counters["graph_break"]  # pool replay too: one graph per step
+    run(resolve({**tiny, "graphs": True, "out": str(tmp_path / "traced")}))
+    assert compiled == {"Method.base_loss.<locals>.loss": 1, "RDFCIL.rrl_loss.<locals>.loss": 1,
+                        "RDFCIL.refine_loss.<locals>.loss": 1, "generator_step.<locals>.step_loss": 1}
+    assert dict(counters["frames"]) == {"total": 4, "ok": 4} and not counters["graph_break"]
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "traced")
+    assert a.keys() == b.keys() and {t for t, _, _ in a} == set(range(10))
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=str(key))
+    record = json.loads((tmp_path / "traced" / "results.json").read_text())
+    assert len(record["compile_seconds"]) == 10 and record["compile_seconds"][1]["rrl"] > 0
+    assert record["compile_seconds"][2] == {"rrl": 0.0, "refine": 0.0, "inversion": 0.0}  # compiled in task 1
 
 
 def test_class_counts_mutated_in_the_step_are_a_static_address():
@@ -92,3 +111,62 @@ def test_class_counts_mutated_in_the_step_are_a_static_address():
     assert getattr(counts.counts, "_dynamo_static_input_type", None) in ("guarded", "unguarded")
     counts.add(torch.tensor([0, 2, 2, 3]))
     assert counts.counts.tolist() == [1.0, 0.0, 2.0, 1.0]
+
+
+def test_graph_counts_see_breaks_and_recompiles_and_the_check_fails_on_them(monkeypatch, tmp_path):
+    from rdfcil import check
+    from rdfcil.errors import RdfcilError
+
+    def scaled(x, n):
+        return x * n
+
+    def breaking(x):
+        x = x + 1
+        print(end="")  # a graph break
+        return x
+    compiled = torch.compile(scaled, backend="eager", dynamic=False)
+    with graphs.GraphCounts() as counts:
+        compiled(torch.ones(2), 1)
+        compiled(torch.ones(2), 1)  # the cached graph
+        compiled(torch.ones(2), 2)  # n is a constant of the graph: recompiled
+        torch.compile(breaking, backend="eager")(torch.ones(2))
+    assert (counts.recompiles, counts.graph_breaks, counts.recordings, counts.replays) == (1, 1, 0, 0)
+    assert counts.problems() == ["1 graph breaks", "1 recompiles"]
+
+    constants = iter(range(3, 10))
+
+    def fake_run(overrides, out):  # a run whose step recompiles
+        compiled(torch.ones(2), next(constants))
+        return "final 50.0 %", {"accuracy_matrix": [[50.0]], "final_accuracy": 50.0}
+    monkeypatch.setattr(check, "run_step", fake_run)
+    with pytest.raises(RdfcilError, match="graphs: 1 recompiles"):
+        check.graphs_step({"device": "cuda:0"}, tmp_path, None)
+    info, data = check.graphs_step({"device": "cpu"}, tmp_path, None)  # off CUDA: counted, not failed
+    assert data["graphs"]["recompiles"] == 1 and "1 recompiles" in info
+
+
+def test_pool_lives_in_one_static_set_of_tensors_and_phases_leave_no_gradient():
+    """A compiled step reads the synthetic pool where it is (a static address, refilled in place
+    each task) and, after a phase, no gradient stays in its memory pool."""
+    from rdfcil.data import load_benchmark
+    from rdfcil.engine import train_phase
+    from rdfcil.inversion import Generator, frozen_copy
+    from rdfcil.methods import RDFCIL, Task
+    from rdfcil.nets import model_for
+    config = resolve({**TINY, "method": "rdfcil", "synthetic_pool": 16, "train_per_class": 8, "batch_size": 8})
+    bench = load_benchmark(config, "cpu")
+    model = model_for(config, bench.spec, "cpu")
+    method = RDFCIL(config, model, bench.spec)
+    method.inversion.generator = Generator(8, 1, z_dim=16, width=8).eval()
+    pools = []
+    model.head.add_task(5)
+    for t in (1, 2):
+        method.old_model = frozen_copy(model)
+        method.begin_task(Task(t, range(0, 5), 3))
+        pools.append([x.data_ptr() for x in method.inversion.replay.pool])
+        assert all(getattr(x, "_dynamo_static_input_type", None) for x in method.inversion.replay.pool)
+    assert pools[0] == pools[1]
+    phase = method.phases(Task(0, range(0, 5), 3))[0]
+    phase.epochs = 1
+    train_phase(model, phase, bench, config, torch.Generator().manual_seed(0), 0, None, None)
+    assert all(p.grad is None for p in model.parameters())

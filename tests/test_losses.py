@@ -162,3 +162,43 @@ def test_smoothness_zero_for_constant_and_positive_for_noise():
     assert smoothness_loss(torch.full((2, 3, 8, 8), 0.7)).item() == pytest.approx(0.0, abs=1e-10)
     torch.manual_seed(0)
     assert smoothness_loss(torch.randn(2, 3, 8, 8)).item() > 0.5
+
+
+def test_masked_losses_on_padded_logits_equal_the_sliced_ones():
+    """The task-invariant forms: over a padded head's logits (unseen classes 0) with masks of the
+    seen, old and new classes they give the sliced losses, gradients included."""
+    import torch
+    from rdfcil import inversion as I
+    from rdfcil import losses as L
+    torch.manual_seed(0)
+    n_old, seen, capacity = 4, 7, 10
+    z = torch.zeros(6, capacity)
+    z[:, :seen] = torch.randn(6, seen)
+    z.requires_grad_()
+    z_old = torch.zeros(6, capacity)
+    z_old[:, :n_old] = torch.randn(6, n_old)
+    y = torch.tensor([4, 5, 6, 4, 5, 6])
+    classes = torch.arange(capacity)
+    seen_mask, old_mask = classes < seen, classes < n_old
+    pairs = [(L.masked_ce(z, y, seen_mask & ~old_mask), L.local_ce(z[:, :seen], y, n_old)),
+             (L.masked_ce(z, y, seen_mask), L.global_ce(z[:, :seen], y)),
+             (L.masked_ce(z, y, seen_mask, torch.arange(1.0, capacity + 1)),
+              L.global_ce(z[:, :seen], y, torch.arange(1.0, seen + 1))),
+             (L.masked_hkd(z, z_old, old_mask), L.hkd(z[:, :n_old], z_old[:, :n_old])),
+             (I.content_loss(z, 1000.0, seen_mask), I.content_loss(z[:, :seen], 1000.0)),
+             (I.class_balance_loss(z, seen_mask), I.class_balance_loss(z[:, :seen]))]
+    for masked, sliced in pairs:
+        (g_masked,), (g_sliced,) = torch.autograd.grad(masked, z), torch.autograd.grad(sliced, z)
+        assert torch.allclose(masked, sliced, atol=1e-6) and torch.allclose(g_masked, g_sliced, atol=1e-7)
+        assert torch.all(g_masked[:, seen:] == 0)
+    one = torch.zeros(capacity, dtype=torch.bool)
+    one[0] = True
+    assert I.class_balance_loss(z, one).item() == 0.0  # fewer than two classes
+
+
+def test_rkd_distance_mean_over_distinct_pairs():
+    import torch
+    from rdfcil import losses as L
+    e = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    d = L.distance_relations(e)  # pairwise 5, 10, 5: mean over the 6 ordered distinct pairs 20/3
+    assert torch.allclose(d, torch.tensor([[0.0, 5.0, 10.0], [5.0, 0.0, 5.0], [10.0, 5.0, 0.0]]) / (20 / 3))

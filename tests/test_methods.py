@@ -238,7 +238,7 @@ def test_abd_weights_each_ce_sample_by_its_share_of_seen_classes(trained_base):
     assert y_s.max() < 5
 
 
-def test_abd_carries_one_generator_and_its_adam_state(trained_base):
+def test_abd_carries_one_generator_and_its_adam_state(trained_base, monkeypatch):
     config, bench, model, method, task1 = _incremental(trained_base, ABD, inversion_steps=3, inversion_batch_size=16,
                                                        z_dim=16, generator_width=8, coverage_samples=32)
     inversion = method.inversion
@@ -252,8 +252,19 @@ def test_abd_carries_one_generator_and_its_adam_state(trained_base):
     fresh = ABD(dataclasses.replace(method.config, generator_carry=False), model, bench.spec).inversion
     fresh.invert(method.old_model, Task(0, bench.tasks[0], 3))
     before = fresh.generator
+    from rdfcil.inversion import build_generator
+    from rdfcil.methods import replay
+    torch.manual_seed(7)
+    drawn = build_generator(fresh.config, bench.spec, "cpu").state_dict()
+    started = []
+    real_train = replay.train_generator
+    monkeypatch.setattr(replay, "train_generator", lambda g, *a, **k: started.append(
+        {k: v.clone() for k, v in g.state_dict().items()}) or real_train(g, *a, **k))
+    torch.manual_seed(7)
     fresh.invert(method.old_model, Task(1, bench.tasks[1], 3))
-    assert fresh.generator is not before and fresh.optimizer is None
+    # a fresh draw, written into the same tensors (their addresses stay for compiled steps)
+    assert fresh.generator is before and fresh.optimizer is None
+    assert all(torch.equal(started[0][k], v) for k, v in drawn.items())
     rdfcil = RDFCIL(method.config, model, bench.spec)  # R-DFCIL's code inverts a fresh generator each task
     assert not rdfcil.inversion.carry
 

@@ -53,7 +53,7 @@ def test_published_resnet32_is_cl_lites():
     assert all(torch.all(b.bn2.weight == 0) for b in blocks)
     assert all(torch.all(b.bn1.weight == 1) for b in blocks)
     model.head.add_task(100)
-    assert 0.0008 < model.head.tasks[0].weight.std().item() < 0.0012
+    assert 0.0008 < model.head.weight.std().item() < 0.0012
     assert _negative_feature_possible(model, 3, 32)
 
 
@@ -66,7 +66,7 @@ def test_standard_resnet32_keeps_the_former_variant():
     assert not _negative_feature_possible(model, 3, 32)  # a ReLU after every addition
     model.head.add_task(100)
     bound = 1 / 64 ** 0.5  # PyTorch's default uniform(-1/sqrt(d), 1/sqrt(d))
-    assert model.head.tasks[0].weight.abs().max().item() <= bound and model.head.tasks[0].weight.std().item() > 0.05
+    assert model.head.weight.abs().max().item() <= bound and model.head.weight.std().item() > 0.05
 
 
 def test_published_resnet18_is_cl_lites():
@@ -94,14 +94,48 @@ def test_unknown_resnet_variant_is_refused():
         build_model("resnet8", 1, 8, variant="preact")
 
 
-def test_head_grows_keeps_old_weights_and_is_bias_free():
-    model = build_model("resnet8", 1, 8)
-    first = model.head.add_task(2)
-    kept = first.weight.detach().clone()
+@pytest.mark.parametrize("capacity", [None, 10])
+def test_head_grows_keeps_old_weights_and_is_bias_free(capacity):
+    model = build_model("resnet8", 1, 8, num_classes=capacity)
+    model.head.add_task(2)
+    kept = model.head.weight.detach().clone()
     model.head.add_task(3)
-    assert model.head.num_classes == 5
-    assert all(layer.bias is None for layer in model.head.tasks)
-    assert torch.equal(model.head.tasks[0].weight, kept)
+    assert model.head.num_classes == 5 and model.head.sizes == [2, 3]
+    assert [name for name, _ in model.head.named_parameters()] == ["padded_weight"]  # no bias
+    assert torch.equal(model.head.weight[:2], kept)
     f = torch.randn(4, 64)
     assert torch.allclose(model.head(f), f @ model.head.weight.t())
     assert model.head.weight.shape == (5, 64)
+    padded = model.head.padded(f)
+    assert padded.shape == (4, capacity or 5) and torch.allclose(padded[:, :5], model.head(f), atol=1e-7)
+    assert torch.all(padded[:, 5:] == 0) and model.head.seen.tolist() == [True] * 5 + [False] * ((capacity or 5) - 5)
+
+
+def test_padded_head_draws_the_rows_of_one_linear_per_task():
+    """The rows of each task are the random numbers an ``nn.Linear`` of the task would draw, in
+    the same order: a padded and a growing head hold the same weights after the same seed."""
+    heads = []
+    for capacity in (None, 12):
+        torch.manual_seed(3)
+        model = build_model("resnet8", 1, 8, num_classes=capacity, head_init_std=None)
+        for n in (4, 4):
+            model.head.add_task(n)
+        heads.append(model.head.weight.detach())
+    torch.manual_seed(3)
+    build_model("resnet8", 1, 8)
+    expected = torch.cat([torch.nn.Linear(64, 4, bias=False).weight for _ in range(2)]).detach()
+    assert torch.equal(heads[0], heads[1]) and torch.equal(heads[0], expected)
+
+
+def test_head_loads_a_checkpoint_of_one_linear_per_task_and_refuses_overflow():
+    from rdfcil.errors import RdfcilError
+    model = build_model("resnet8", 1, 8, num_classes=6)
+    model.head.add_task(2)
+    model.head.add_task(3)
+    rows = torch.randn(5, 64)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    state |= {"head.tasks.0.weight": rows[:2], "head.tasks.1.weight": rows[2:]}
+    model.load_state_dict(state)
+    assert torch.equal(model.head.weight, rows) and torch.all(model.head.padded_weight[5:] == 0)
+    with pytest.raises(RdfcilError, match="holds 6 classes"):
+        model.head.add_task(2)

@@ -50,3 +50,13 @@ def test_whole_table_and_jobs():
     assert projection.project(UNIT, "digits") is None
     text = projection.text(four, "cpu")
     assert "rdfcil 25 steps" in text and "at jobs=4" in text and "18 runs" in text
+
+
+def test_compile_seconds_once_per_run_for_rdfcil_and_per_task_for_abd():
+    compiled = {**UNIT, "compile_s": {"base": 10.0, "rrl": 20.0, "refine": 5.0, "train": 30.0, "inversion": 7.0}}
+    rdfcil, plain = (projection.run_seconds(m, "cifar100", "rdfcil", 25) for m in (compiled, UNIT))
+    assert rdfcil["compile_s"] == 42.0 and plain["compile_s"] == 0.0
+    assert rdfcil["total_s"] == pytest.approx(plain["total_s"] + 42.0)
+    abd = projection.run_seconds(compiled, "cifar100", "abd", 25)
+    assert abd["compile_s"] == 10.0 + 25 * (30.0 + 7.0)
+    assert "| compilation |" in projection.text(projection.project(compiled, "cifar100"), "cuda:0")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import losses as L
-from ..inversion import frozen_copy
+from ..inversion import frozen_copy, refreeze
 
 if TYPE_CHECKING:
     from .replay import InversionReplay
@@ -112,6 +112,9 @@ class Method:
     classifier = "linear head"  # what makes the prediction, named in tables ("NCM", "FeCAM (Mahalanobis)", ...)
     keeps_old_model = False
     trains_on_seen = False  # an incremental task trains on the real data of every seen class (Joint)
+    # Its steps have the same shapes and constants in every task (padded head, masks, loss weights as
+    # device tensors): compiled once for the run. Otherwise each task's steps compile anew (graphs.py).
+    task_invariant_steps = False
 
     def __init__(self, config, model: nn.Module, spec):
         self.config, self.model, self.spec = config, model, spec
@@ -187,7 +190,7 @@ class Method:
     def end_task(self, task: Task, progress_factory=None, check=None) -> "TaskEnd":
         """Freeze the old model; a method with inversion inverts it (not after the last task)."""
         if (self.keeps_old_model or self.inversion is not None) and not task.is_last:
-            self.old_model = frozen_copy(self.model)
+            self.old_model = refreeze(self.old_model, self.model)  # in place when the shapes allow
         if self.inversion is None or task.is_last:
             return TaskEnd()
         history, info = self.inversion.invert(self.old_model, task, progress_factory, check)

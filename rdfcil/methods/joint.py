@@ -23,8 +23,8 @@ class Joint(Method):
         super().begin_task(task)
         if self.config.joint_from_scratch and task.index > 0:
             fresh = model_for(self.config, self.spec, self.model.device)
-            for layer in self.model.head.tasks:
-                fresh.head.add_task(layer.out_features)
+            for size in self.model.head.sizes:
+                fresh.head.add_task(size)
             self.model.load_state_dict(fresh.state_dict())
 
     def train_epochs(self, task: Task) -> int:

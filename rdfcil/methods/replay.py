@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..graphs import fused_optimizer
+from ..graphs import fused_optimizer, static_address
 from ..inversion import Generator, SyntheticReplay, build_generator, class_coverage, loss_weights, sample, train_generator
 from ..precision import precision_of
 from .base import Task
@@ -22,14 +22,18 @@ class InversionReplay:
     and its Adam state for every task as the ABD repository does), then record the class
     coverage of ``coverage_samples`` synthetic labels. ``batch``: a synthetic batch
     ``(x_s, argmax z_old(x_s), z_old(x_s))`` for the current task
-    (:class:`inversion.SyntheticReplay`)."""
+    (:class:`inversion.SyntheticReplay`); with ``padded``, ``z_old`` over every class of the old
+    model's padded head (``nets.IncrementalHead``). A pool (``synthetic_pool``) lives in the same
+    tensors for the whole run, refilled in place each task and marked a static address: a
+    compiled step reads it where it is instead of copying it in at every replay."""
 
     keys = frozenset({"inversion_steps", "inversion_lr", "inversion_batch_size", "z_dim", "generator_width",
                       "content_temperature", "alpha_cb", "alpha_pr", "alpha_rf", "synthetic_pool",
                       "coverage_samples"})
 
-    def __init__(self, config, spec, device, carry: bool = False):
-        self.config, self.spec, self.device, self.carry = config, spec, device, carry
+    def __init__(self, config, spec, device, carry: bool = False, padded: bool = False):
+        self.config, self.spec, self.device, self.carry, self.padded = config, spec, device, carry, padded
+        self.pool: tuple | None = None
         self.generator: Generator | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.replay: SyntheticReplay | None = None
@@ -46,8 +50,20 @@ class InversionReplay:
     def begin_task(self, task: Task, old_model: nn.Module | None) -> None:
         if self.generator is not None and task.index > 0:
             c = self.config
-            self.replay = SyntheticReplay(self.generator, old_model, c.batch_size, c.synthetic_pool)
+            self.replay = SyntheticReplay(self.generator, old_model, c.batch_size, c.synthetic_pool, self.padded)
             self.replay.shard = self.shard
+            if self.replay.pool is not None:
+                self.replay.pool = self.keep_pool(self.replay.pool)
+
+    def keep_pool(self, drawn: tuple) -> tuple:
+        """``drawn`` (images, labels, logits) in the run's pool tensors, same shapes: copied into
+        them; the first pool (or one of another shape) becomes them, marked static."""
+        if self.pool is not None and all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(self.pool, drawn)):
+            for kept, new in zip(self.pool, drawn):
+                kept.copy_(new)
+        else:
+            self.pool = tuple(static_address(t) for t in drawn)
+        return self.pool
 
     def batch(self):
         return self.replay.batch()
@@ -56,7 +72,11 @@ class InversionReplay:
         """Train ``G`` on ``old_model``; returns (loss history, class coverage info)."""
         c = self.config
         if self.generator is None or not self.carry:
-            self.generator = self.new_generator()
+            fresh = self.new_generator()
+            if self.generator is not None and not self.carry:  # its tensors keep their addresses
+                self.generator.load_state_dict(fresh.state_dict())
+            else:
+                self.generator = fresh
         weights = loss_weights(c)
         bar = progress_factory(c.inversion_steps, f"task {task.index} inversion") if progress_factory else None
         history = train_generator(self.generator, old_model, c.inversion_steps,
