@@ -99,6 +99,32 @@ BEYOND: list[dict] = [
 ]
 
 
+# Analytic learning (METHODS-BEYOND.md section 3.6), CIFAR-100, ResNet-32, 50 base classes: the
+# papers (the authors' class orders; no "last" for ACIL), the authors' README (another base
+# schedule) and cold-start re-runs by later papers.
+ACIL_PAPER = "ACIL (Zhuang et al., NeurIPS 2022), paper table, second-hand"
+DSAL_PAPER = "DS-AL (Zhuang et al., AAAI 2024), paper table, second-hand"
+ANALYTIC_README = "ZHUANGHP/Analytic-continual-learning README table (mean +- std)"
+ANALYTIC_CLASSIFIER, DUAL_STREAM_CLASSIFIER = "analytic (RLS)", "analytic, dual stream (RLS)"
+ANALYTIC_REPO_PROTOCOL = ("the authors' repository's base schedule (300 epochs, cosine lr 0.5, TrivialAugmentWide), "
+                          "which its README says gives 2-5 points more than the papers")
+BEYOND += [
+    _record("acil", ANALYTIC_CLASSIFIER, 50, 6, 66.30, ACIL_PAPER, None),
+    _record("acil", ANALYTIC_CLASSIFIER, 50, 26, 65.95, ACIL_PAPER, None),
+    _record("dsal", DUAL_STREAM_CLASSIFIER, 50, 51, 66.33, DSAL_PAPER, None, last=58.37),
+    {**_record("acil", ANALYTIC_CLASSIFIER, 50, 26, 71.047, ANALYTIC_README, ANALYTIC_REPO_PROTOCOL, last=63.384),
+     "avg_std": 0.252, "last_std": 0.330},
+    {**_record("dsal", DUAL_STREAM_CLASSIFIER, 50, 26, 71.277, ANALYTIC_README, ANALYTIC_REPO_PROTOCOL,
+               last=64.043), "avg_std": 0.251, "last_std": 0.184},
+    _record("acil", ANALYTIC_CLASSIFIER, None, 10, 50.53, "DPCR (ICML 2025) Table 1, second-hand",
+            "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)", last=35.53),
+    _record("dsal", DUAL_STREAM_CLASSIFIER, None, 10, 51.47, "DPCR (ICML 2025) Table 1, second-hand",
+            "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)", last=36.83),
+    _record("dsal", DUAL_STREAM_CLASSIFIER, None, 10, 54.9, "AdaGauss (NeurIPS 2024) Table 1, second-hand",
+            "cold start (10 equal tasks), AdaGauss's re-run (its backbone and schedule)", last=40.8),
+]
+
+
 def _split(dataset: str, num_tasks: int, first_task_classes: int | None) -> int | None:
     """``first_task_classes`` with an equal split written as None."""
     from .data import SPECS

@@ -23,8 +23,8 @@ from conftest import TEST_DEVICE
 
 TINY = {"dataset": "digits", "tasks": 2, "backbone": "resnet8", "epochs": 2, "refinement_epochs": 1,
         "milestones": [1], "batch_size": 32, "train_per_class": 40, "inversion_steps": 2, "z_dim": 16,
-        "generator_width": 8, "synthetic_pool": 32, "coverage_samples": 16, "progress": False, "logger": "none",
-        "device": TEST_DEVICE}
+        "generator_width": 8, "synthetic_pool": 32, "coverage_samples": 16, "analytic_buffer": 64,
+        "progress": False, "logger": "none", "device": TEST_DEVICE}
 
 
 class RecordingConfig:
@@ -86,7 +86,7 @@ def test_every_registered_method_runs_two_tasks(name, tmp_path):
 
 def test_the_lists_of_methods_and_datasets_derive_from_the_registries():
     assert C.method_names() == tuple(METHODS) == ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil", "ncm",
-                                                  "fecam", "fetril")
+                                                  "fecam", "fetril", "acil", "dsal")
     assert C.dataset_names() == tuple(SPECS)
     bench = parser().parse_args(["bench-accuracy"])
     assert bench.dataset == "digits"
@@ -94,7 +94,8 @@ def test_the_lists_of_methods_and_datasets_derive_from_the_registries():
                    if a.dest == "dataset").choices
     assert tuple(choices) == tuple(SPECS)
     assert [tables.method_label(m) for m in sorted(METHODS, key=tables.method_rank)] == \
-        ["Finetune", "LwF", "DeepInversion", "ABD", "R-DFCIL", "NCM", "FeTrIL", "FeCAM", "Joint"]
+        ["Finetune", "LwF", "DeepInversion", "ABD", "R-DFCIL", "NCM", "FeTrIL", "FeCAM", "ACIL", "DS-AL",
+         "Joint"]
     assert C.uses_abd_scripts("abd") and C.uses_abd_scripts("lwf") and not C.uses_abd_scripts("rdfcil")
 
 

@@ -18,7 +18,9 @@ from .rdfcil import RDFCIL, ClassCounts
 from .ncm import NCM
 from .fecam import FeCAM
 from .fetril import FeTrIL
+from .acil import ACIL
+from .dsal import DSAL
 
 __all__ = ["METHODS", "Method", "Phase", "Task", "TaskEnd", "build_method", "method_keys", "register",
            "unused_keys", "InversionReplay", "Finetune", "Joint", "LwF", "DeepInversion", "ABD", "RDFCIL",
-           "ClassCounts", "NCM", "FeCAM", "FeTrIL"]
+           "ClassCounts", "NCM", "FeCAM", "FeTrIL", "ACIL", "DSAL"]

@@ -102,7 +102,8 @@ class Method:
     label, color, rank = "", "black", 50
     # Whose published settings the paper preset takes (METHOD.md sections 7, 8): "rdfcil" (the
     # R-DFCIL paper's table), "abd" (the ABD repository's scripts, for the baselines it runs) or
-    # a key of config.BASE_RECIPES ("fecam", "fetril": the authors' base-task schedule).
+    # a key of config.BASE_RECIPES ("fecam", "fetril": the authors' base-task schedule) or
+    # "analytic" (ACIL, DS-AL: config.ANALYTIC_PAPER, per dataset).
     preset_source = "rdfcil"
     classifier = "linear head"  # what makes the prediction, named in tables ("NCM", "FeCAM (Mahalanobis)", ...)
     keeps_old_model = False
