@@ -897,7 +897,7 @@ def prediction_grid(images, labels, predictions: Mapping[str, object], class_nam
     preds = {k: _np(v).astype(int) for k, v in predictions.items()}
     rows = max(1, math.ceil(len(shown) / columns))
     with style():
-        fig = new_figure(1.0 * columns, 0.35 + (0.95 + 0.14 * len(preds)) * rows)
+        fig = new_figure(1.0 * columns, 0.4 + (1.25 + 0.17 * len(preds)) * rows)
         axes = np.array(fig.subplots(rows, columns, squeeze=False)).ravel()
         for ax in axes:
             ax.axis("off")
