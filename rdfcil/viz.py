@@ -890,28 +890,35 @@ def class_ellipses(stats: Mapping[str, object], class_names=None, marked=None, m
 def prediction_grid(images, labels, predictions: Mapping[str, object], class_names=None, denormalize=None,
                     columns: int = 8, limit: int = 32, title: str | None = None, save=None) -> Figure:
     """Up to ``limit`` images (N, C, H, W), ``columns`` a row, each titled with its true label and
-    every classifier's prediction (``{"NCM": (N,), "FeCAM": (N,)}``); a correct prediction is
-    green, a wrong one red. An empty set of images gives a figure that says so."""
+    every classifier's prediction (``{"NCM": (N,), "FeCAM": (N,)}``) below it; a correct
+    prediction is green, a wrong one red. One mosaic in one axes (fast to draw however many
+    images). An empty set of images gives a figure that says so."""
     shown = to_display(images[:limit], denormalize) if len(images) else np.zeros((0, 8, 8, 1))
     y = _np(labels).astype(int)
     preds = {k: _np(v).astype(int) for k, v in predictions.items()}
-    rows = max(1, math.ceil(len(shown) / columns))
+    h, w, channels = shown.shape[1:]
+    rows, cols = max(1, math.ceil(len(shown) / columns)), columns
+    unit = (w + 2) / 1.0  # mosaic pixels per inch: a tile and its margin are 1 inch wide
+    line = 0.17 * unit  # one line of text, in mosaic pixels
+    cell_h = h + (1 + len(preds)) * line + 2
+    mosaic = np.ones((math.ceil(rows * cell_h), cols * (w + 2), channels))
     with style():
-        fig = new_figure(1.0 * columns, 0.4 + (1.25 + 0.17 * len(preds)) * rows)
-        axes = np.array(fig.subplots(rows, columns, squeeze=False)).ravel()
-        for ax in axes:
-            ax.axis("off")
-        if not len(shown):
-            axes[0].text(0, 0.5, "no disagreement", transform=axes[0].transAxes, va="center")
+        fig = new_figure(cols * 1.0, 0.4 + rows * cell_h / unit)
+        ax = fig.subplots()
+        ax.axis("off")
         for i, image in enumerate(shown):
-            ax = axes[i]
-            ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"true {_name(class_names, y[i])}", fontsize=7, pad=2)
-            lines = [(f"{k} {_name(class_names, p[i])}", "#228833" if p[i] == y[i] else "#EE6677")
-                     for k, p in preds.items()]
-            for j, (text, color) in enumerate(lines):
-                ax.text(0.5, -0.08 - 0.2 * j, text, transform=ax.transAxes, ha="center", va="top", fontsize=7,
-                        color=color)
+            top, left = int((i // cols) * cell_h + line), (i % cols) * (w + 2) + 1
+            mosaic[top:top + h, left:left + w] = image
+        ax.imshow(mosaic.squeeze(-1) if channels == 1 else mosaic, cmap="gray", vmin=0, vmax=1,
+                  extent=(0, mosaic.shape[1], mosaic.shape[0], 0))
+        for i in range(len(shown)):
+            top, centre = int((i // cols) * cell_h + line), (i % cols) * (w + 2) + 1 + w / 2
+            ax.text(centre, top - 0.15 * line, f"true {_name(class_names, y[i])}", ha="center", va="bottom", fontsize=7)
+            for j, (name, p) in enumerate(preds.items()):
+                ax.text(centre, top + h + (j + 0.15) * line, f"{name} {_name(class_names, p[i])}", ha="center",
+                        va="top", fontsize=7, color="#228833" if p[i] == y[i] else "#EE6677")
+        if not len(shown):
+            ax.text(0.5, 0.5, "no disagreement", transform=ax.transAxes, ha="center", va="center")
         if title:
             fig.suptitle(title)
     return _finish(fig, save)
