@@ -256,3 +256,113 @@ def head_ceilings(view: RunView, task: int, steps: int = 500, synthetic: int = 4
         scores[name] = {"all": 100.0 * correct.mean().item(), "old": 100.0 * correct[old].mean().item(),
                         "new": 100.0 * correct[~old].mean().item()}
     return scores
+
+
+# --------------------------------------------------------------------------- the frozen-feature families
+
+def frozen_features(view: RunView, split: str = "train", task: int = 0, classes: range | None = None):
+    """The features of every real image of ``classes`` (default: all of the run's classes) from
+    the model after ``task`` (the backbone the prototype and analytic methods freeze after the
+    base task): ``(features (N, d) fp32, labels (N,), images (N, C, H, W))`` on the view's device."""
+    classes = range(0, view.bench.tasks[-1].stop) if classes is None else classes
+    x, y = view.real(classes, None, split)
+    return features(view.model(task), x).float(), y, x
+
+
+def pca_class_statistics(feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                         others: torch.Tensor | None = None) -> dict:
+    """The class means and covariances of ``feats`` (N, d) projected on the two leading principal
+    axes of ``feats``, consistently: with ``P`` (2, d) the axes and ``m`` the mean of every row,
+    ``points = (f - m) P^T``, ``means_c = (mu_c - m) P^T`` and ``covs_c = P Sigma_c P^T`` (the
+    unbiased covariance), which are the mean and covariance of class c's projected points.
+    Returns numpy float64 ``points`` (N, 2), ``labels`` (N,), ``means`` (C, 2), ``covs``
+    (C, 2, 2) and ``explained`` (2,), the fraction of the total variance on each axis; with
+    ``others`` (M, d), e.g. test features, also ``others`` (M, 2) on the same axes. Raises
+    :class:`RdfcilError` when a class has fewer than 2 rows."""
+    import numpy as np
+    f = feats.detach().double().cpu().numpy()
+    y = labels.detach().cpu().numpy().astype(int)
+    centre = f.mean(axis=0)
+    _, singular, vt = np.linalg.svd(f - centre, full_matrices=False)
+    axes = vt[:2]
+    means, covs = [], []
+    for c in range(num_classes):
+        rows = f[y == c]
+        if len(rows) < 2:
+            raise RdfcilError(f"class {c} has {len(rows)} feature rows; a covariance needs at least 2")
+        means.append((rows.mean(axis=0) - centre) @ axes.T)
+        covs.append(axes @ np.cov(rows, rowvar=False) @ axes.T)
+    variance = singular ** 2
+    out = {"points": (f - centre) @ axes.T, "labels": y, "means": np.stack(means), "covs": np.stack(covs),
+           "explained": variance[:2] / variance.sum()}
+    if others is not None:
+        out["others"] = (others.detach().double().cpu().numpy() - centre) @ axes.T
+    return out
+
+
+def disagreements(labels: torch.Tensor, predictions: dict[str, torch.Tensor]) -> dict:
+    """Where two classifiers' predictions (N,) differ: ``{"index": (M,) indices, "accuracy":
+    {name: % correct on all N}, "right_when_disagree": {name: % correct on the M}}`` (exactly
+    two entries in ``predictions``; the percentages of an empty set are NaN)."""
+    (a, pa), (b, pb) = predictions.items()
+    index = (pa != pb).nonzero().flatten()
+
+    def percent(p, rows):
+        return 100.0 * (p[rows] == labels[rows]).double().mean().item() if len(rows) else float("nan")
+
+    every = torch.arange(len(labels), device=labels.device)
+    return {"index": index, "accuracy": {k: percent(p, every) for k, p in predictions.items()},
+            "right_when_disagree": {k: percent(p, index) for k, p in predictions.items()}}
+
+
+@torch.no_grad()
+def prototype_predictions(method, images: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """NCM's and FeCAM's predictions for ``images`` (N, C, H, W) from one FeCAM method after a
+    task (e.g. ``view.method(t)`` of a FeCAM run): NCM is the nearest L2-normalised class mean
+    (:func:`methods.ncm.ncm_distances` on FeCAM's stored means, which are NCM's: the raw feature
+    means), FeCAM its own :meth:`~methods.fecam.FeCAM.scores`. Returns ``{"NCM": (N,),
+    "FeCAM": (N,)}`` labels on the images' device."""
+    from .methods.ncm import ncm_distances
+    method.model.eval()
+    ncm, fecam = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        ncm.append(ncm_distances(method.model.features(x).float(), method.means).argmin(1))
+        fecam.append(method.scores(x).argmax(1))
+    return {"NCM": torch.cat(ncm), "FeCAM": torch.cat(fecam)}
+
+
+def analytic_over_splits(train: tuple, test: tuple, base: int, counts, size: int, gamma: float,
+                         seed: int = 0) -> dict[int, dict]:
+    """ACIL's analytic head (:class:`analytic.AnalyticClassifier`: random expansion of ``size``
+    units with ReLU, ridge ``gamma``) learned on frozen features, task by task, for several
+    splits of the same classes: the base task (labels ``0..base-1``) re-learned by the head, then
+    the remaining classes in ``T`` equal incremental tasks for each ``T`` in ``counts``.
+    ``train`` and ``test`` are ``(features (N, d), labels (N,))``; the expansion is drawn with
+    ``seed``, the same for every split. Because the head is the ridge regression on every row
+    seen (ACIL, Zhuang et al., NeurIPS 2022, "absolute memorisation"), the head after the last
+    task does not depend on ``T``. Returns ``{T: {"seen": [classes seen after each task],
+    "accuracy": [% on the seen test classes after each task], "final": % after the last, "weight": the last head's W (size, classes)
+    float64}}``; raises :class:`RdfcilError` when a ``T`` does not divide the remaining classes."""
+    from .analytic import AnalyticClassifier
+    (train_f, train_y), (test_f, test_y) = train, test
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    out = {}
+    for T in counts:
+        if T < 1 or (num_classes - base) % T:
+            raise RdfcilError(f"{T} incremental tasks do not divide the {num_classes - base} classes after "
+                              f"the base task")
+        width = (num_classes - base) // T
+        stops = [base] + [base + width * (i + 1) for i in range(T)]
+        head = AnalyticClassifier(train_f.shape[1], size, gamma, seed, train_f.device)
+        accuracy, start = [], 0
+        for stop in stops:
+            chosen = (train_y >= start) & (train_y < stop)
+            head.fit(train_f[chosen], train_y[chosen], range(start, stop))
+            head.finish()
+            seen = test_y < stop
+            predicted = head(test_f[seen])[:, :stop].argmax(1)
+            accuracy.append(100.0 * (predicted == test_y[seen]).double().mean().item())
+            start = stop
+        out[T] = {"seen": stops, "accuracy": accuracy, "final": accuracy[-1], "weight": head.main.weight}
+    return out

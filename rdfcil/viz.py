@@ -841,3 +841,105 @@ def task_overview(accuracy_matrix, images, image_labels, confusion, features, fe
         if title:
             fig.suptitle(title)
     return _finish(fig, save)
+
+
+# --------------------------------------------------------------------------- the frozen-feature families
+
+def _ellipse(ax, mean, cov, n_std: float, color):
+    """The ``n_std`` contour of a 2-D Gaussian (``mean`` (2,), ``cov`` (2, 2)) as a patch."""
+    from matplotlib.patches import Ellipse
+    values, vectors = np.linalg.eigh(cov)
+    values = np.clip(values, 0, None)
+    angle = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1]))
+    ax.add_patch(Ellipse(mean, 2 * n_std * np.sqrt(values[1]), 2 * n_std * np.sqrt(values[0]), angle=angle,
+                         facecolor="none", edgecolor=color, lw=1.4))
+
+
+def class_ellipses(stats: Mapping[str, object], class_names=None, marked=None, marked_label: str = "marked",
+                   n_std: float = 2.0, title: str | None = None, save=None) -> Figure:
+    """Points, class means (crosses) and ``n_std`` covariance ellipses in a 2-D projection, as
+    :func:`rdfcil.analysis.pca_class_statistics` returns them (``points`` (N, 2), ``labels``,
+    ``means`` (C, 2), ``covs`` (C, 2, 2), ``explained`` (2,)). ``marked``: further points
+    (M, 2) on the same axes, ringed in black (e.g. the test images on which two classifiers
+    disagree, ``stats["others"][index]``)."""
+    points, labels = _np(stats["points"]), _np(stats["labels"]).astype(int)
+    means, covs = _np(stats["means"]), _np(stats["covs"])
+    explained = _np(stats.get("explained", [np.nan, np.nan]))
+    colors = _class_colors(len(means))
+    with style():
+        fig = new_figure(6.2, 4.6)
+        ax = fig.subplots()
+        for c in range(len(means)):
+            chosen = labels == c
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=6, color=colors[c], alpha=0.35, linewidths=0)
+            _ellipse(ax, means[c], covs[c], n_std, colors[c])
+            ax.plot(*means[c], marker="X", ms=9, color=colors[c], mec="black", mew=0.7, ls="none",
+                    label=_name(class_names, c))
+        if marked is not None and len(_np(marked)):
+            m = _np(marked).reshape(-1, 2)
+            ax.scatter(m[:, 0], m[:, 1], s=30, facecolors="none", edgecolors="black", linewidths=0.8,
+                       label=marked_label)
+        ax.set_xlabel(f"PC 1 ({100 * explained[0]:.0f} % of the variance)")
+        ax.set_ylabel(f"PC 2 ({100 * explained[1]:.0f} % of the variance)")
+        ax.set_aspect("equal", adjustable="datalim")
+        fig.legend(loc="outside right center", title="class mean", ncols=1)
+        ax.set_title(title or f"class means and {n_std:g}-sigma covariance ellipses (PCA of the features)")
+    return _finish(fig, save)
+
+
+def prediction_grid(images, labels, predictions: Mapping[str, object], class_names=None, denormalize=None,
+                    columns: int = 8, limit: int = 32, title: str | None = None, save=None) -> Figure:
+    """Up to ``limit`` images (N, C, H, W), ``columns`` a row, each titled with its true label and
+    every classifier's prediction (``{"NCM": (N,), "FeCAM": (N,)}``) below it; a correct
+    prediction is green, a wrong one red. One mosaic in one axes (fast to draw however many
+    images). An empty set of images gives a figure that says so."""
+    shown = to_display(images[:limit], denormalize) if len(images) else np.zeros((0, 8, 8, 1))
+    y = _np(labels).astype(int)
+    preds = {k: _np(v).astype(int) for k, v in predictions.items()}
+    h, w, channels = shown.shape[1:]
+    rows, cols = max(1, math.ceil(len(shown) / columns)), columns
+    unit = (w + 2) / 1.0  # mosaic pixels per inch: a tile and its margin are 1 inch wide
+    line = 0.17 * unit  # one line of text, in mosaic pixels
+    cell_h = h + (1 + len(preds)) * line + 2
+    mosaic = np.ones((math.ceil(rows * cell_h), cols * (w + 2), channels))
+    with style():
+        fig = new_figure(cols * 1.0, 0.4 + rows * cell_h / unit)
+        ax = fig.subplots()
+        ax.axis("off")
+        for i, image in enumerate(shown):
+            top, left = int((i // cols) * cell_h + line), (i % cols) * (w + 2) + 1
+            mosaic[top:top + h, left:left + w] = image
+        ax.imshow(mosaic.squeeze(-1) if channels == 1 else mosaic, cmap="gray", vmin=0, vmax=1,
+                  extent=(0, mosaic.shape[1], mosaic.shape[0], 0))
+        for i in range(len(shown)):
+            top, centre = int((i // cols) * cell_h + line), (i % cols) * (w + 2) + 1 + w / 2
+            ax.text(centre, top - 0.15 * line, f"true {_name(class_names, y[i])}", ha="center", va="bottom", fontsize=7)
+            for j, (name, p) in enumerate(preds.items()):
+                ax.text(centre, top + h + (j + 0.15) * line, f"{name} {_name(class_names, p[i])}", ha="center",
+                        va="top", fontsize=7, color="#228833" if p[i] == y[i] else "#EE6677")
+        if not len(shown):
+            ax.text(0.5, 0.5, "no disagreement", transform=ax.transAxes, ha="center", va="center")
+        if title:
+            fig.suptitle(title)
+    return _finish(fig, save)
+
+
+def split_accuracy(results: Mapping[int, Mapping[str, Sequence]], num_classes: int | None = None,
+                   title: str | None = None, save=None) -> Figure:
+    """Accuracy on the seen classes after each task against the number of classes seen, one
+    curve per number of incremental tasks ``T`` (``{T: {"seen": [...], "accuracy": [...]}}``, as
+    :func:`rdfcil.analysis.analytic_over_splits` returns); the final accuracy in the legend."""
+    with style():
+        fig = new_figure(5.2, 3.3)
+        ax = fig.subplots()
+        markers = "osD^v<>"
+        for i, (T, r) in enumerate(results.items()):
+            ax.plot(r["seen"], r["accuracy"], marker=markers[i % len(markers)], ms=7 - 1.5 * i, alpha=0.85,
+                    label=f"{T} incremental task{'s' if T != 1 else ''}: final {r['accuracy'][-1]:.2f} %")
+        ax.set_xlabel("classes seen")
+        ax.set_ylabel("accuracy on the seen classes (%)")
+        if num_classes:
+            ax.set_xlim(0, num_classes + 0.5)
+        ax.legend(loc="lower left")
+        ax.set_title(title or "the analytic head after the same base task, split into T incremental tasks")
+    return _finish(fig, save)

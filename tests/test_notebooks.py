@@ -36,10 +36,10 @@ def fashion_mnist_available() -> bool:
         return False
 
 
-def test_the_six_notebooks_exist():
+def test_the_seven_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == ["01_tasks.ipynb", "02_model_inversion.ipynb",
                                            "03_relation_distillation.ipynb", "04_classifier_refinement.ipynb",
-                                           "05_task_by_task.ipynb", "reproduce.ipynb"]
+                                           "05_task_by_task.ipynb", "06_beyond_inversion.ipynb", "reproduce.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
