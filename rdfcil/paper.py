@@ -52,7 +52,7 @@ for _method, _values in EQUAL_SPLITS_CIFAR100.items():
         PUBLISHED[("cifar100", None, _tasks, _method)] = {"avg": None, "last": _last, "last_std": None,
                                                          "source": ABD_PAPER}
 
-# The frozen-backbone methods (METHODS-BEYOND.md sections 3.1, 3.2), CIFAR-100. Each record names
+# The frozen-backbone methods (docs/methods/statistics.md), CIFAR-100. Each record names
 # the classifier that made the prediction (a method's ``classifier``; FeTrIL has two) and, in
 # ``protocol``, how its setting differs from the lab's (ResNet-32, the same split): None only
 # where it does not. Average incremental accuracy ("avg") unless "last" is given.
@@ -99,7 +99,7 @@ BEYOND: list[dict] = [
 ]
 
 
-# Analytic learning (METHODS-BEYOND.md section 3.6), CIFAR-100, ResNet-32, 50 base classes: the
+# Analytic learning (docs/methods/analytic.md), CIFAR-100, ResNet-32, 50 base classes: the
 # papers (the authors' class orders; no "last" for ACIL), the authors' README (another base
 # schedule) and cold-start re-runs by later papers.
 ACIL_PAPER = "ACIL (Zhuang et al., NeurIPS 2022), paper table, second-hand"
