@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .io import atomic_write_text
+from .io import atomic_write_text, json_text
 
 
 # --------------------------------------------------------------------------- methods and splits
@@ -69,7 +68,8 @@ def summary_rows(results, published=None) -> list[dict]:
             "final_mean": float(r.final_mean), "final_std": None if single else float(r.final_std),
             "avg_mean": float(r.avg_mean), "avg_std": None if single else float(r.avg_std),
             "paper_last": paper.get("last"), "paper_last_std": paper.get("last_std"),
-            "paper_avg": paper.get("avg"), "seconds_mean": float(r.seconds_mean),
+            "paper_avg": paper.get("avg"),
+            "seconds_mean": None if math.isnan(r.seconds_mean) else float(r.seconds_mean),
         })
     return rows
 
@@ -107,7 +107,7 @@ def _columns(published: bool, seconds: bool) -> list[tuple[str, str, callable]]:
         columns.append(("avg. incr. (published)", "Avg (publ.)",
                         lambda r, pm, missing: _pm(r["paper_avg"], None, pm, missing)))
     if seconds:
-        columns.append(("wall time per run (s)", "Time (s)", lambda r, pm, missing: f"{r['seconds_mean']:.0f}"))
+        columns.append(("wall time per run (s)", "Time (s)", lambda r, pm, missing: missing if r["seconds_mean"] is None else f"{r['seconds_mean']:.0f}"))
     return columns
 
 
@@ -172,7 +172,7 @@ def write_tables(rows: Sequence[dict], stem: str | Path, formats: Sequence[str] 
     writers = {"md": lambda: markdown_table(rows, published, seconds),
                "tex": lambda: latex_table(rows, published=published, seconds=seconds),
                "csv": lambda: csv_table(rows, seconds),
-               "json": lambda: json.dumps(list(rows), indent=1) + "\n"}
+               "json": lambda: json_text(list(rows)) + "\n"}
     paths = {}
     for fmt in formats:
         paths[fmt] = stem.with_name(stem.name + "." + fmt)
