@@ -485,7 +485,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _count_mismatch(dataset: str, path: Path, what: str, found: int, expected: int, example=None) -> RdfcilError:
     named = f" (e.g. {example})" if example is not None else ""
-    return RdfcilError(f"{dataset}: '{path}' {what}: {found} of {expected} classes{named}; the files do not "
+    return RdfcilError(f"{dataset}: '{path}' {what} {found} of {expected} classes{named}; the files do not "
                        f"match each other; unpack the dataset again")
 
 
