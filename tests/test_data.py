@@ -215,7 +215,7 @@ def test_cifar100_python2_cpickle_stream_loads(tmp_path):
     written = {}
     for split, n in (("train", 300), ("test", 100)):
         images = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 100, size=n).tolist()
+        labels = rng.permutation(np.arange(n) % 100).tolist()  # every class, as the real files hold
         (folder / split).write_bytes(python2_cifar_bytes(images, labels))
         written[split] = images, labels
     x_tr, y_tr, x_te, y_te = data.load_cifar100_arrays(tmp_path, download=False)
