@@ -327,15 +327,15 @@ def test_imagenet100_rebuilds_lists(tmp_path):
 
 def test_imagenet100_uses_given_lists(tmp_path):
     base, wnids = write_imagenet100(tmp_path)
-    # PODNet-style lists covering only the first 50 classes for train: they must be read, not rebuilt
-    train_text = "".join(f"train/{wnids[c]}/{wnids[c]}_5.JPEG {c}\n" for c in range(1, 50))
+    # PODNet-style lists in their own order (classes backwards, one image of class 0): read, not rebuilt
+    train_text = "".join(f"train/{wnids[c]}/{wnids[c]}_{10 if c == 0 else 5}.JPEG {c}\n" for c in range(99, -1, -1))
     val_text = "".join(f"val/{wnids[c]}/ILSVRC2012_val_{c:08d}.JPEG {c}\n" for c in range(100))
     (base / "train_100.txt").write_text(train_text)
     (base / "val_100.txt").write_text(val_text)
     p_tr, y_tr, p_te, y_te = data.load_imagenet100_lists(tmp_path)
     assert (base / "train_100.txt").read_text() == train_text
-    assert y_tr.tolist() == list(range(1, 50)) and len(p_tr) == 49
-    assert p_tr[0] == str(base / "train" / wnids[1] / f"{wnids[1]}_5.JPEG")
+    assert y_tr.tolist() == list(range(99, -1, -1)) and len(p_tr) == 100
+    assert p_tr[0] == str(base / "train" / wnids[99] / f"{wnids[99]}_5.JPEG")
     assert y_te.tolist() == list(range(100))
 
 
