@@ -10,6 +10,7 @@ gives the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .distributed import Distributed, pick_device
 from .errors import RdfcilError
 from .graphs import fused_optimizer, new_task, step_function
 from .lock import folder_lock, rank_zero
-from .methods import Method, Phase, Task, build_method
+from .methods import METHODS, Method, Phase, Task, build_method
 from .metrics import confusion_matrix
 from .nets import model_for
 from .precision import autocast_for, memory_format_for, precision_of
@@ -51,21 +52,106 @@ def make_progress(enabled: bool):
 
 
 class FiniteCheck:
-    """Raise a one-line error naming task, phase, step and loss term on a NaN or inf loss."""
+    """Raise a one-line error naming task, phase, step and loss term on a NaN or inf loss.
+
+    The message blames the learning rate only when the loss was growing before it failed (its
+    last finite total above ``GROWTH`` times its first) or a term overflowed to infinity; it calls
+    the last checkpoint intact only once its tensors have been read back and found finite."""
+
+    GROWTH = 4.0
 
     def __init__(self, task: int, phase: str, last_checkpoint: str | None):
         self.task, self.phase, self.last = task, phase, last_checkpoint
+        self.first: float | None = None
+        self.latest: tuple[int, float] | None = None
 
     def __call__(self, step: int, terms: dict[str, float]) -> None:
         """``terms``: the step's loss terms as floats (read back by a :class:`StepRecord`)."""
         total = float(sum(terms.values()) if "total" not in terms else terms["total"])
         if math.isfinite(total):
+            self.first = total if self.first is None else self.first
+            self.latest = (step, total)
             return
         bad = [name for name, value in terms.items() if name != "total" and not math.isfinite(float(value))]
-        kept = f"the checkpoint of the last finished task ({self.last}) is intact" if self.last else \
-            "no task had finished"
+        overflow = any(math.isinf(float(terms[name])) for name in bad)
         raise RdfcilError(f"non-finite loss in task {self.task}, phase '{self.phase}', step {step}: "
-                          f"term {', '.join(bad) or 'total'} = {total}; {kept}; lower the learning rate")
+                          f"term {', '.join(bad) or 'total'} = {total}; {self.kept()}; {self.cause(overflow)}")
+
+    def cause(self, overflow: bool) -> str:
+        if self.latest is None:
+            return ("it failed before any finite step of this phase, so not through its learning rate: look at "
+                    "the inputs, the batch size and the settings of that loss term")
+        step, latest = self.latest
+        if overflow or abs(latest) > self.GROWTH * max(abs(self.first), 1e-12):
+            return f"the loss grew from {self.first:.4g} to {latest:.4g} (step {step}) before: lower the learning rate"
+        return (f"the loss was steady before ({self.first:.4g} at first, {latest:.4g} at step {step}), so the "
+                f"learning rate is an unlikely cause: look at that term's inputs (a batch or shard of too few "
+                f"samples, non-finite BatchNorm statistics)")
+
+    def kept(self) -> str:
+        if not self.last:
+            return "no task had finished"
+        from .io import load_checkpoint, nonfinite_tensors
+        try:
+            bad = nonfinite_tensors(load_checkpoint(self.last))
+        except RdfcilError as err:
+            return f"the checkpoint of the last finished task could not be read back ({err})"
+        if bad:
+            return (f"the checkpoint of the last finished task ({self.last}) holds non-finite tensors "
+                    f"({', '.join(bad[:3])}): delete it to retrain that task")
+        return f"the checkpoint of the last finished task ({self.last}) is intact (read back, every tensor finite)"
+
+
+# --------------------------------------------------------------------------- settings
+
+def check_setting(c: Config, bench: Benchmark, world: int) -> list[str]:
+    """Refuse, before anything is trained, a batch too small for what the method's losses and
+    BatchNorm need (:meth:`Method.batch_needs`; per process under ``torchrun``: a shard of
+    ``batch // world`` images); return one warning line per loss term that a task's class count
+    makes identically 0 (:meth:`Method.vanishing_losses`)."""
+    method = METHODS[c.method]
+    for t, classes in enumerate(bench.tasks):
+        trained = bench.seen(t) if method.trains_on_seen and t else classes
+        images = len(bench.train.indices(trained))
+        batch = min(c.batch_size, images)
+        unmet = [(need, what) for need, what in method.batch_needs(c) if batch // world < need]
+        if unmet:
+            need = max(n for n, _ in unmet)
+            few = f"; task {t} has {images} training images" if images < c.batch_size else ""
+            share = f"each of {world} processes gets {batch // world} of a batch of {batch}" if world > 1 \
+                else f"a batch holds {batch}"
+            raise RdfcilError(f"{' and '.join(f'{what} needs {n}' for n, what in unmet)} images per process at "
+                              f"least; {share}{few}; use batch_size {need * world} or more")
+    inverted = "inversion_steps" in method.keys and c.inversion_steps > 0
+    if inverted and (c.inversion_batch_size or c.batch_size) < 2:
+        raise RdfcilError(f"the generator's BatchNorm needs at least 2 images per inversion batch; "
+                          f"inversion_batch_size is {c.inversion_batch_size or c.batch_size}")
+    tasks_of: dict[str, list[int]] = {}
+    for t, classes in enumerate(bench.tasks):
+        for term in method.vanishing_losses(c, t, classes.start, len(classes)):
+            tasks_of.setdefault(term, []).append(t)
+    return [f"{c.method}: task{'s' if len(ts) > 1 else ''} {', '.join(map(str, ts))} hold{'' if len(ts) > 1 else 's'} "
+            f"one class, so its loss term {term} is identically 0 there" for term, ts in tasks_of.items()]
+
+
+def warn(record: dict, line: str, show: bool = True) -> None:
+    """Print ``warning: <line>`` (stderr) and keep the line in ``record["warnings"]`` (results.json)."""
+    if show:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    if line not in record.setdefault("warnings", []):
+        record["warnings"].append(line)
+
+
+def coverage_warning(t: int, info: dict) -> str | None:
+    """One line when the synthetic labels made after task ``t`` miss seen classes."""
+    coverage = info.get("class_coverage") or []
+    missed = [k for k, n in enumerate(coverage) if n == 0]
+    if not missed:
+        return None
+    shown = ", ".join(map(str, missed[:10])) + (f" and {len(missed) - 10} more" if len(missed) > 10 else "")
+    return (f"the synthetic labels after task {t} cover {len(coverage) - len(missed)} of {len(coverage)} seen "
+            f"classes (none of {sum(coverage)} samples is labelled {shown}): replay cannot recall those classes; "
+            f"more inversion_steps usually cover them")
 
 
 # --------------------------------------------------------------------------- training
@@ -207,6 +293,7 @@ def _run(c: Config, resume: bool, force: bool) -> Results:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     bench = load_benchmark(c, device)  # validates data, class order and split before any write
+    warnings = check_setting(c, bench, ddp.world)
     folder = Path(c.out or default_out(c))
     start = prepare_folder(c, folder, resume, force, ddp)
     if isinstance(start, Results):
@@ -222,6 +309,8 @@ def _run(c: Config, resume: bool, force: bool) -> Results:
     history: dict = {"tasks": []}
     if start:
         record, history = restore(folder, start, model, method, bench, c)
+    for line in warnings:
+        warn(record, line, ddp.is_main)
     progress = make_progress(c.progress and ddp.is_main)
     logger = make_logger(c.logger, folder, ddp.is_main)
     try:
@@ -250,6 +339,9 @@ def train_tasks(c: Config, start: int, model, method: Method, bench: Benchmark, 
         confusion = task_history.pop("confusion")
         snapshots = task_history.pop("snapshots")
         add_task_metrics(record, confusion, bench, t, task_history["end"])
+        missed = coverage_warning(t, task_history["end"])
+        if missed:
+            warn(record, missed, ddp.is_main)
         log_task(logger, record, timings, t)
         record["wall_seconds_total"] = time.perf_counter() - run_started
         record["finished"] = t == c.num_tasks - 1

@@ -90,6 +90,15 @@ def write_yaml(path: str | Path, data: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def nonfinite_tensors(state, prefix: str = "") -> list[str]:
+    """The dotted names of the floating-point tensors in nested dicts and lists holding a NaN or
+    an infinity (e.g. ``model.backbone.bn1.running_var``)."""
+    if isinstance(state, torch.Tensor):
+        return [prefix or "tensor"] if state.is_floating_point() and not torch.isfinite(state).all() else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else []
+    return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -24,7 +24,7 @@ from .config import Config, read_yaml, validate
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed, pick_device
 from .errors import RdfcilError
-from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
+from .io import load_checkpoint, nonfinite_tensors, read_json, save_checkpoint, write_json, write_yaml
 from .methods import Method, Task, build_method, unused_keys
 from .metrics import accuracy_on, forgetting, task_row
 from .nets import IncrementalNet, model_for
@@ -163,7 +163,7 @@ def new_record(c: Config, bench: Benchmark) -> dict:
         "class_order": bench.class_order, "tasks": [[r.start, r.stop] for r in bench.tasks],
         "accuracy_matrix": [], "accuracy_per_task": [], "final_accuracy": None,
         "average_incremental_accuracy": None, "old_accuracy": [], "new_accuracy": [], "forgetting": [],
-        "class_coverage": [], "wall_seconds": [], "wall_seconds_total": 0.0, "finished": False,
+        "class_coverage": [], "wall_seconds": [], "wall_seconds_total": 0.0, "finished": False, "warnings": [],
         "config": c.to_dict(), "version": __version__, "git_commit": git_commit(),
         "device": str(pick_device(c.device)), "torch": str(torch.__version__),
     }
@@ -187,7 +187,13 @@ def add_task_metrics(record: dict, confusion: np.ndarray, bench: Benchmark, t: i
 
 def save_task(folder: Path, t: int, model, method: Method, record: dict, history: dict, confusion,
               snapshots: dict) -> None:
-    """After task ``t``: its checkpoint, then ``history.json`` and ``results.json`` (each atomic)."""
+    """After task ``t``: its checkpoint, then ``history.json`` and ``results.json`` (each atomic).
+    A model or method state with a non-finite tensor is refused: nothing is written."""
+    bad = nonfinite_tensors({"model": model.state_dict(), "method": method.state_dict()})
+    if bad:
+        raise RdfcilError(f"task {t} ended with non-finite tensors ({', '.join(bad[:3])}"
+                          f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); task_{t}.pt is not written; "
+                          f"the run folder keeps the tasks before it")
     save_checkpoint(checkpoint_path(folder, t), {
         "task": t, "model": model.state_dict(), "method": method.state_dict(),
         "record": record, "confusion": torch.as_tensor(confusion), "snapshots": snapshots})
