@@ -129,6 +129,11 @@ class Config:
     logger: str = "tensorboard"  # tensorboard: <out>/tb/ (nothing logged if the package is missing) | none
     log_interval: int = 50  # loss terms and lr to the logger every log_interval steps
     sync_interval: int = 50  # steps between reading the loss terms back to the host (finite check, history, bar)
+    threads: int | None = field(default=None, metadata=dict(
+        help="CPU threads the run computes with (torch.set_num_threads); none: PyTorch's default (OMP_NUM_THREADS, "
+             "else the cores); a grid of runs on the CPU uses 1 unless set. The thread count changes the last digits "
+             "of CPU results, so each run records it and a resumed or reused run is compared with it",
+        unit="threads", paper=None))
     notes: str = ""  # free text, e.g. why a preset departs from the paper
 
     def to_dict(self) -> dict:
@@ -410,4 +415,6 @@ def validate(c: Config) -> None:
            f"milestones must be a list of positive epochs, got {c.milestones!r}")
     _check(c.train_per_class is None or c.train_per_class > 0,
            f"train_per_class must be positive, got {c.train_per_class!r}")
+    _check(c.threads is None or isinstance(c.threads, int) and c.threads > 0,
+           f"threads must be a positive integer or none, got {c.threads!r}")
     _check(c.synthetic_pool >= 0, f"synthetic_pool must be >= 0, got {c.synthetic_pool!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import random
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,15 +283,22 @@ class FolderImages(LabelledImages):
 
     def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator:
-        key = (classes.start, classes.stop, batch_size, shuffle, augment, drop_last, id(generator))
+        """Yield ``(x, y)`` batches of the images in ``classes``. Every random draw comes from
+        ``generator`` in this process: the order, and one seed per image for the random part of
+        the decoding transform (``imagenet_crop = random_resized``), which the worker applies under
+        that seed. So the batches do not depend on ``num_workers``, nor on the global seed."""
+        key = (classes.start, classes.stop, batch_size, shuffle, augment, drop_last)
         if getattr(self, "_loader_key", None) != key:  # one loader per phase: its workers persist across epochs
             subset = _FileDataset([self.paths[i] for i in self.indices(classes).tolist()],
                                   self.labels[self.indices(classes)], self.transform(augment))
+            self._sampler = _SeededSampler(len(subset), shuffle)
             self._loader = torch.utils.data.DataLoader(
-                subset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(subset) > batch_size,
-                num_workers=self.num_workers, generator=generator, pin_memory=self.device.type == "cuda",
-                persistent_workers=self.num_workers > 0)
+                subset, batch_size=batch_size, sampler=self._sampler, drop_last=drop_last and len(subset) > batch_size,
+                num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+                generator=torch.Generator().manual_seed(0))  # its worker seeds: drawn from no run's stream
             self._loader_key = key
+        self._sampler.generator = generator
         loader = self._loader
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
@@ -298,17 +306,48 @@ class FolderImages(LabelledImages):
             yield (self.augmented(images, generator) if on_device else self.normalize(images)), labels.to(self.device, non_blocking=True)
 
 
+class _SeededSampler(torch.utils.data.Sampler):
+    """``(index, seed)`` pairs, drawn in the main process from ``generator`` (the run's): the
+    order (a permutation with ``shuffle``) and one seed per image for its random transform."""
+
+    def __init__(self, n: int, shuffle: bool):
+        self.n, self.shuffle, self.generator = n, shuffle, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2 ** 62, (self.n,), generator=self.generator)
+        return iter(zip(order.tolist(), seeds.tolist()))
+
+
 class _FileDataset(torch.utils.data.Dataset):
+    """Image files decoded by ``transform``; an item is an index, or ``(index, seed)``: the
+    transform then draws its random numbers under that seed (torch's and Python's), whatever
+    process applies it."""
+
     def __init__(self, paths, labels, transform):
         self.paths, self.labels, self.transform = paths, labels, transform
 
     def __len__(self):
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
         from PIL import Image
+        i, seed = item if isinstance(item, tuple) else (item, None)
         with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), self.labels[i]
+            image = image.convert("RGB")
+            if seed is None:
+                return self.transform(image), self.labels[i]
+            state = random.getstate()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                try:
+                    return self.transform(image), self.labels[i]
+                finally:
+                    random.setstate(state)
 
 
 # --------------------------------------------------------------------------- loaders

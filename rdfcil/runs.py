@@ -13,6 +13,7 @@ key that can change the numbers (:func:`config_differences`).
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +34,10 @@ from .version import __version__
 # Keys that do not change a run's numbers; every other key must match to resume or reuse a run.
 OPERATIONAL_KEYS = {"out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root", "logger",
                     "log_interval", "sync_interval"}
+# Keys that change only the last digits of CPU results (the order of floating-point sums): a run
+# records the value it used (``results.json``: ``threads`` per task) and a resumed or reused run
+# is compared with it in one printed line instead of being refused.
+NOTED_KEYS = {"threads"}
 
 
 # --------------------------------------------------------------------------- where a run lives
@@ -97,7 +102,40 @@ def config_differences(stored: dict, wanted: dict) -> list[str]:
     its numbers."""
     keys = sorted(set(stored) | set(wanted))
     unused = unused_keys(wanted.get("method", ""))
-    return [k for k in keys if k not in OPERATIONAL_KEYS and k not in unused and stored.get(k) != wanted.get(k)]
+    return [k for k in keys if k not in OPERATIONAL_KEYS | NOTED_KEYS and k not in unused
+            and stored.get(k) != wanted.get(k)]
+
+
+def threads_note(record: dict, threads: int) -> str | None:
+    """One line when ``record``'s tasks were computed at other CPU thread counts than ``threads``."""
+    used = sorted(set(record.get("threads") or []))
+    if not used or used == [threads]:
+        return None
+    return (f"the run in '{record.get('config', {}).get('out', '?')}' was computed at {' and '.join(map(str, used))} "
+            f"CPU threads and this process uses {threads}: CPU results differ in their last digits with the "
+            f"thread count (set threads to compare like with like)")
+
+
+def damaged_tasks(folder: Path, record: dict) -> dict[int, str]:
+    """``{task: what is wrong}`` for the finished tasks of ``record`` whose checkpoint is missing
+    or differs in size from the one recorded in ``record["files"]``."""
+    sizes = record.get("files") or {}
+    damaged = {}
+    for t in range(len(record.get("accuracy_per_task") or [])):
+        path = checkpoint_path(folder, t)
+        recorded = sizes.get(path.name)
+        if not path.is_file():
+            damaged[t] = f"{path.name} is missing" + (f" (recorded: {recorded} bytes)" if recorded else "")
+        elif recorded is not None and path.stat().st_size != recorded:
+            damaged[t] = f"{path.name} holds {path.stat().st_size} bytes, not the recorded {recorded}"
+    return damaged
+
+
+@dataclass
+class Damaged:
+    """A finished run folder whose record names checkpoints that are missing or changed."""
+    record: dict
+    tasks: dict  # {task: what is wrong}
 
 
 def finished_tasks(folder: Path, num_tasks: int) -> int:
@@ -116,12 +154,14 @@ def finished_results(c: Config) -> Results | None:
         same = not config_differences(read_yaml(folder / "config.yaml"), c.to_dict() | {"out": c.out})
     except RdfcilError:
         return None
-    return Results(stored) if stored.get("finished") and same else None
+    return Results(stored) if stored.get("finished") and same and not damaged_tasks(folder, stored) else None
 
 
 def prepare_folder(c: Config, folder: Path, resume: bool, force: bool, ddp: Distributed):
-    """Check an existing run folder against ``c``; return the finished Results to reuse, or
-    the number of finished tasks to resume after. Only rank 0 writes."""
+    """Check an existing run folder against ``c``; return the finished Results to reuse, a
+    :class:`Damaged` finished run whose record names missing or changed checkpoints, or the
+    number of finished tasks to resume after (the checkpoints before it present, at their
+    recorded sizes). Only rank 0 writes."""
     wanted = c.to_dict() | {"out": str(folder)}
     start = 0
     if (folder / "config.yaml").is_file() and not force:
@@ -129,12 +169,14 @@ def prepare_folder(c: Config, folder: Path, resume: bool, force: bool, ddp: Dist
         if diff:
             raise RdfcilError(f"run folder '{folder}' holds a run with a different config (keys: "
                               f"{', '.join(diff)}); use another --out or --force to overwrite it")
-        if (folder / "results.json").is_file():
-            stored = read_json(folder / "results.json")
-            if stored.get("finished"):
-                return Results(stored)
+        stored = read_json(folder / "results.json") if (folder / "results.json").is_file() else {}
+        damaged = damaged_tasks(folder, stored)
+        if stored.get("finished"):
+            return Damaged(stored, damaged) if damaged else Results(stored)
         if resume:
-            start = finished_tasks(folder, c.num_tasks)
+            start = min([finished_tasks(folder, c.num_tasks)] + list(damaged))
+            if damaged and min(damaged) == start and ddp.is_main:
+                print(f"note: {damaged[start]}; resuming at task {start}", file=sys.stderr, flush=True)
     ddp.barrier()  # every process has read the folder before rank 0 changes it
     if ddp.is_main:
         if force and folder.exists():
@@ -194,11 +236,26 @@ def save_task(folder: Path, t: int, model, method: Method, record: dict, history
         raise RdfcilError(f"task {t} ended with non-finite tensors ({', '.join(bad[:3])}"
                           f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); task_{t}.pt is not written; "
                           f"the run folder keeps the tasks before it")
+    save_task_checkpoint(folder, t, model, method, record, confusion, snapshots)
+    write_json(folder / "history.json", history)
+    record_files(folder, record, t)
+    write_json(folder / "results.json", record)
+
+
+def save_task_checkpoint(folder: Path, t: int, model, method: Method, record: dict, confusion,
+                         snapshots: dict) -> None:
+    """``task_<t>.pt``: the model, the method's state, the record so far, the confusion matrix
+    and the snapshots, written atomically."""
     save_checkpoint(checkpoint_path(folder, t), {
         "task": t, "model": model.state_dict(), "method": method.state_dict(),
         "record": record, "confusion": torch.as_tensor(confusion), "snapshots": snapshots})
-    write_json(folder / "history.json", history)
-    write_json(folder / "results.json", record)
+
+
+def record_files(folder: Path, record: dict, last: int) -> None:
+    """``record["files"]``: the size in bytes of ``task_0.pt`` .. ``task_<last>.pt``, checked
+    when the run is reused or resumed (:func:`damaged_tasks`)."""
+    record["files"] = {checkpoint_path(folder, k).name: checkpoint_path(folder, k).stat().st_size
+                       for k in range(last + 1) if checkpoint_path(folder, k).is_file()}
 
 
 def load_task_state(model: IncrementalNet, method: Method | None, state: dict, bench: Benchmark,
