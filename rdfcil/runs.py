@@ -53,19 +53,48 @@ def default_out(config: Config) -> str:
     return f"runs/{config.dataset}/{run_name(config)}"
 
 
+def is_project_root(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "rdfcil").is_dir()
+
+
+def package_checkout() -> Path:
+    """The folder above the imported ``rdfcil`` package (the clone, for an editable install)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def project_root() -> Path | None:
+    """The project root: the nearest folder at or above the working directory holding
+    ``pyproject.toml`` and ``rdfcil/``, else the clone the ``rdfcil`` package is imported from
+    (an editable install, or a clone on ``PYTHONPATH``); None when neither exists."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if is_project_root(folder):
+            return folder
+    return package_checkout() if is_project_root(package_checkout()) else None
+
+
+_FALLBACKS_SAID: set = set()
+
+
 def project_path(path: str | Path) -> Path:
-    """A relative ``path`` taken from the project root: the nearest folder at or above the
-    working directory holding ``pyproject.toml`` and ``rdfcil/``, else the working directory.
-    Notebooks run from ``notebooks/`` (Jupyter, nbval) and from the root (papermill) so share
-    their run folders and figures."""
+    """Where the notebooks and plans read and write ``path``: an absolute path as given; a
+    relative one from :func:`project_root`, so that a notebook run from ``notebooks/``, from the
+    root or from any other folder (papermill in a temporary folder) finds the same runs and
+    figures; else (no project root: a package installed from a wheel) from the working
+    directory, which a printed line names once."""
     path = Path(path).expanduser()
     if path.is_absolute():
         return path
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "rdfcil").is_dir():
-            return folder / path
-    return here / path
+    root = project_root()
+    if root is None:
+        here = Path.cwd().resolve()
+        if here not in _FALLBACKS_SAID:
+            _FALLBACKS_SAID.add(here)
+            print(f"note: no project root (a folder with pyproject.toml and rdfcil/) at or above the working "
+                  f"directory or the installed package: relative output folders are taken from '{here}'",
+                  flush=True)
+        return here / path
+    return root / path
 
 
 def run_folder(out_dir: str | Path, config: Config, tag: str = "") -> Path:
