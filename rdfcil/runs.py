@@ -43,9 +43,16 @@ NOTED_KEYS = {"threads"}
 # --------------------------------------------------------------------------- where a run lives
 
 def run_name(config: Config, tag: str = "") -> str:
-    """``<method>[-<tag>]-[<first>+]<T>tasks-seed<k>``, e.g. ``rdfcil-50+6tasks-seed1``."""
+    """``<method>[-<tag>]-[<first>+]<T>tasks-seed<k>[-order<i>]``, e.g. ``rdfcil-50+6tasks-seed1``
+    or ``rdfcil-50+6tasks-seed1-order2`` (class order 0 is left out of the name; a class order
+    given as a list is named by a short hash of it)."""
     split = f"{config.first_task_classes}+" if config.first_task_classes else ""
-    return f"{config.method}{'-' + tag if tag else ''}-{split}{config.num_tasks}tasks-seed{config.seed}"
+    order = config.class_order
+    if isinstance(order, (list, tuple)):
+        import hashlib
+        order = hashlib.sha256(",".join(map(str, order)).encode()).hexdigest()[:8]
+    suffix = f"-order{order}" if order not in (0, None) else ""
+    return f"{config.method}{'-' + tag if tag else ''}-{split}{config.num_tasks}tasks-seed{config.seed}{suffix}"
 
 
 def default_out(config: Config) -> str:

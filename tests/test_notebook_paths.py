@@ -60,3 +60,36 @@ def test_time_summary_sums_each_phase_over_the_tasks_trained():
     assert time_summary(wall) == ("trained tasks 0-1 in 9.5 s: base 2.0 s, inversion 2.5 s, eval 0.5 s, rrl 4.0 s, "
                                   "refine 0.5 s")
     assert time_summary(wall, 1) == "trained task 1 in 6.2 s: rrl 4.0 s, refine 0.5 s, inversion 1.5 s, eval 0.2 s"
+
+
+def test_paper_repeats_run_over_the_published_class_orders_at_the_published_seed():
+    from rdfcil import paper, tables
+    from rdfcil.data import published_orders
+    from rdfcil.runs import Results
+    configs = paper.plan("cifar100", methods=["rdfcil"], task_counts=[6], out_dir="/tmp/never-written")
+    assert [(c.class_order, c.seed) for c in configs] == [(0, 1), (1, 1), (2, 1)]
+    assert [Path(c.out).name for c in configs] == ["rdfcil-50+6tasks-seed1", "rdfcil-50+6tasks-seed1-order1",
+                                                   "rdfcil-50+6tasks-seed1-order2"]
+    import random
+    for r, order in enumerate(published_orders("cifar100")):  # ABD's trainer: repeat r shuffles with seed r
+        drawn = list(range(100))
+        random.seed(r)
+        random.shuffle(drawn)
+        assert drawn == order
+    by_seed = paper.plan("cifar100", methods=["rdfcil"], task_counts=[6], seeds=[0, 1, 2], class_orders=[0],
+                         out_dir="/tmp/never-written")
+    assert [(c.class_order, c.seed) for c in by_seed] == [(0, 0), (0, 1), (0, 2)]
+
+    def result(seed, order, final):
+        return Results({"dataset": "cifar100", "method": "rdfcil", "seed": seed, "num_tasks": 2,
+                        "first_task_classes": 50, "tasks": [[0, 50], [50, 100]], "accuracy_per_task": [80.0, final],
+                        "accuracy_matrix": [[80.0], [70.0, final]], "final_accuracy": final,
+                        "average_incremental_accuracy": (80.0 + final) / 2, "wall_seconds_total": 1.0,
+                        "config": {"dataset": "cifar100", "method": "rdfcil", "num_tasks": 2, "seed": seed,
+                                   "class_order": order, "first_task_classes": 50}})
+    orders = tables.summary_rows([result(1, k, 50.0 + k) for k in range(3)])
+    assert orders[0]["over"] == "class orders" and orders[0]["class_orders"] == [0, 1, 2]
+    assert "| R-DFCIL | 2 × 50 | 3 class orders | 51.00 ± 1.00 |" in tables.markdown_table(orders, published=False)
+    assert "mean $\\pm$ std over class orders" in tables.latex_table(orders, published=False)
+    seeds = tables.summary_rows([result(k, 0, 50.0 + k) for k in range(3)])
+    assert seeds[0]["over"] == "seeds" and "| 3 seeds |" in tables.markdown_table(seeds, published=False)
