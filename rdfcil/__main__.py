@@ -122,8 +122,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", nargs="+")
     b.add_argument("--out")
     b.add_argument("--force", action="store_true")
-    b.add_argument("--jobs", type=int, help="runs at a time per device, each its own process (default: 1 on "
-                                            "the CPU, 4 per GPU; 0: one after another in this process)")
+    b.add_argument("--jobs", type=int, help="runs at a time per device, each its own process (default: on the "
+                                            "CPU as many as the cores hold at each run's thread count, --threads "
+                                            "or 1; 4 per GPU; 0: one after another in this process); the numbers "
+                                            "do not depend on it")
     s = sub.add_parser("bench-speed", help="throughput of each phase against the bare model and a DataLoader")
     s.add_argument("--dataset", default="fashion-mnist", choices=dataset_names())
     s.add_argument("--steps", type=int, default=10, help="timed steps per measure")

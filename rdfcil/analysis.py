@@ -32,8 +32,10 @@ def relation_matrices(feats: torch.Tensor, anchor: int = 0) -> dict[str, torch.T
 
 def figure_saver(figures_dir, dataset: str):
     """``save(name) -> <figures_dir>/<dataset>/<name>`` (a figure's stem), or None for every
-    name when ``figures_dir`` is None (the figures are then only shown)."""
+    name when ``figures_dir`` is None (the figures are then only shown). Prints the folder the
+    figures go to (``runs.project_path``: relative to the project root)."""
     folder = project_path(figures_dir) / dataset if figures_dir else None
+    print(f"figures: {folder}" if folder else "figures: shown only (figures_dir is None)")
     return lambda name: folder / name if folder else None
 
 

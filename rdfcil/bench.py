@@ -36,8 +36,8 @@ def bench_accuracy(dataset: str, seeds, out: str | Path, methods=None, overrides
     from .provenance import line, stamp
     folders = [r.config["out"] for r in results]  # this sweep's run folders
     rows = tables.summary_rows(collect(folders))
-    from .sweep import cpu_threads, default_jobs
-    made = stamp(folders=folders, threads=torch.get_num_threads() if jobs == 0 else cpu_threads(jobs or default_jobs([])))
+    from .sweep import GRID_THREADS
+    made = stamp(folders=folders, threads=torch.get_num_threads() if jobs == 0 else GRID_THREADS)
     paths = tables.write_tables(rows, Path(out) / "accuracy", ("md", "csv", "json"), published=False, seconds=True,
                                 stamp=made)
     return tables.markdown_table(rows, published=False, seconds=True) + "\n" + line(made) + "\n", paths

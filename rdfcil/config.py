@@ -256,8 +256,10 @@ class Config:
         help="weight decay of FeTrIL's fc head on features (PyCIL)", unit="", paper=5e-4))
     # -- run --
     threads: int | None = field(default=None, metadata=dict(
-        help="CPU threads of the run (torch.set_num_threads; a different count sums in a different order, so "
-             "gives slightly different numbers); none: torch's default", unit="threads", paper=NA))
+        help="CPU threads the run computes with (torch.set_num_threads); none: PyTorch's default (OMP_NUM_THREADS, "
+             "else the cores); a grid of runs on the CPU uses 1 unless set. The thread count changes the last digits "
+             "of CPU results, so each run records it and a resumed or reused run is compared with it",
+        unit="threads", paper=NA))
     device: str = field(default="auto", metadata=dict(
         help="auto (CUDA when there is one), cpu, cuda or cuda:<i>", unit="", paper=NA))
     precision: str = field(default="fp32", metadata=dict(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import random
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,15 +283,22 @@ class FolderImages(LabelledImages):
 
     def batches(self, classes: range, batch_size: int, shuffle: bool = False, augment: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator:
-        key = (classes.start, classes.stop, batch_size, shuffle, augment, drop_last, id(generator))
+        """Yield ``(x, y)`` batches of the images in ``classes``. Every random draw comes from
+        ``generator`` in this process: the order, and one seed per image for the random part of
+        the decoding transform (``imagenet_crop = random_resized``), which the worker applies under
+        that seed. So the batches do not depend on ``num_workers``, nor on the global seed."""
+        key = (classes.start, classes.stop, batch_size, shuffle, augment, drop_last)
         if getattr(self, "_loader_key", None) != key:  # one loader per phase: its workers persist across epochs
             subset = _FileDataset([self.paths[i] for i in self.indices(classes).tolist()],
                                   self.labels[self.indices(classes)], self.transform(augment))
+            self._sampler = _SeededSampler(len(subset), shuffle)
             self._loader = torch.utils.data.DataLoader(
-                subset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last and len(subset) > batch_size,
-                num_workers=self.num_workers, generator=generator, pin_memory=self.device.type == "cuda",
-                persistent_workers=self.num_workers > 0)
+                subset, batch_size=batch_size, sampler=self._sampler, drop_last=drop_last and len(subset) > batch_size,
+                num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+                generator=torch.Generator().manual_seed(0))  # its worker seeds: drawn from no run's stream
             self._loader_key = key
+        self._sampler.generator = generator
         loader = self._loader
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
@@ -298,17 +306,48 @@ class FolderImages(LabelledImages):
             yield (self.augmented(images, generator) if on_device else self.normalize(images)), labels.to(self.device, non_blocking=True)
 
 
+class _SeededSampler(torch.utils.data.Sampler):
+    """``(index, seed)`` pairs, drawn in the main process from ``generator`` (the run's): the
+    order (a permutation with ``shuffle``) and one seed per image for its random transform."""
+
+    def __init__(self, n: int, shuffle: bool):
+        self.n, self.shuffle, self.generator = n, shuffle, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2 ** 62, (self.n,), generator=self.generator)
+        return iter(zip(order.tolist(), seeds.tolist()))
+
+
 class _FileDataset(torch.utils.data.Dataset):
+    """Image files decoded by ``transform``; an item is an index, or ``(index, seed)``: the
+    transform then draws its random numbers under that seed (torch's and Python's), whatever
+    process applies it."""
+
     def __init__(self, paths, labels, transform):
         self.paths, self.labels, self.transform = paths, labels, transform
 
     def __len__(self):
         return len(self.paths)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
         from PIL import Image
+        i, seed = item if isinstance(item, tuple) else (item, None)
         with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), self.labels[i]
+            image = image.convert("RGB")
+            if seed is None:
+                return self.transform(image), self.labels[i]
+            state = random.getstate()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                try:
+                    return self.transform(image), self.labels[i]
+                finally:
+                    random.setstate(state)
 
 
 # --------------------------------------------------------------------------- loaders
@@ -381,6 +420,8 @@ def fashion_mnist_folder(root: Path, download: bool = True) -> Path:
 def load_fashion_mnist_arrays(root: Path):
     folder = fashion_mnist_folder(root)
     x_tr, y_tr, x_te, y_te = (read_idx(_find_idx(folder, stem)) for stem in FASHION_FILES)
+    for images, labels, stem in ((x_tr, y_tr, FASHION_FILES[1]), (x_te, y_te, FASHION_FILES[3])):
+        check_label_counts("fashion-mnist", _find_idx(folder, stem), len(images), labels.numpy().astype(np.int64), 10)
     return x_tr[:, None], y_tr.long(), x_te[:, None], y_te.long()
 
 
@@ -445,45 +486,129 @@ def load_cifar100_arrays(root: Path, download: bool = True):
         try:
             with open(path, "rb") as handle:
                 entry = CifarUnpickler(handle, encoding="bytes").load()
-            data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows of 3072
             labels = np.asarray(entry[b"fine_labels"], dtype=np.int64)
         except NotData as err:
             raise RdfcilError(f"cifar100: '{path}' holds objects other than data ({err}); refused: "
                               "loading it could run code; unpack cifar-100-python.tar.gz there again") from None
         except Exception as err:
             raise RdfcilError(f"cifar100: '{path}' is not a CIFAR-100 pickle ({type(err).__name__})") from None
+        check_label_counts("cifar100", path, len(data), labels, SPECS["cifar100"].num_classes)
         arrays += [torch.from_numpy(data.copy()), torch.from_numpy(labels)]
     return tuple(arrays)
 
 
+def check_label_counts(dataset: str, path: Path, rows: int, labels: np.ndarray, num_classes: int) -> None:
+    """One line unless ``path`` holds as many labels as images, every label in
+    ``0..num_classes-1`` and every class at least once."""
+    if rows != len(labels):
+        raise RdfcilError(f"{dataset}: '{path}' holds {rows} images and {len(labels)} labels; unpack it again")
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if len(outside):
+        raise RdfcilError(f"{dataset}: '{path}' holds label {int(outside[0])}, outside 0..{num_classes - 1} "
+                          f"({len(outside)} such labels); unpack it again")
+    present = np.unique(labels)
+    if len(present) != num_classes:
+        absent = sorted(set(range(num_classes)) - set(present.tolist()))
+        raise _count_mismatch(dataset, path, "holds labels of", len(present), num_classes, f"none of label {absent[0]}")
+
+
 TINY_LAYOUT = ("<data_root>/tiny-imagenet200/{wnids.txt, train/<wnid>/images/*.JPEG, "
-               "val/images/*.JPEG, val/val_annotations.txt}")
+               "val/images/*.JPEG, val/val_annotations.txt} or val/<wnid>/images/*.JPEG")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _count_mismatch(dataset: str, path: Path, what: str, found: int, expected: int, example=None) -> RdfcilError:
+    named = f" (e.g. {example})" if example is not None else ""
+    return RdfcilError(f"{dataset}: '{path}' {what} {found} of {expected} classes{named}; the files do not "
+                       f"match each other; unpack the dataset again")
 
 
 def load_tiny_imagenet_lists(root: Path):
-    """The cs231n Tiny-ImageNet-200 tree: labels are line numbers in wnids.txt."""
+    """The cs231n Tiny-ImageNet-200 tree: labels are line numbers in wnids.txt. The validation
+    images are read from the official layout (``val/images/*.JPEG`` labelled by
+    ``val/val_annotations.txt``) or from the re-organised one many scripts produce
+    (``val/<wnid>/images/*.JPEG``, or ``val/<wnid>/*.JPEG``), with the same labels.
+
+    The files are checked against each other: ``wnids.txt`` lists 200 distinct wnids, each
+    has a training folder with images, and every annotation line (or validation folder) names
+    a listed wnid and an image that exists. A mismatch is one :class:`RdfcilError` naming the
+    file, the entry and the count."""
     base = root / "tiny-imagenet200"
     how = "download tiny-imagenet-200.zip from http://cs231n.stanford.edu/ and unzip it as tiny-imagenet200"
-    for path in (base / "wnids.txt", base / "train", base / "val" / "val_annotations.txt"):
+    for path in (base / "wnids.txt", base / "train", base / "val"):
         if not path.exists():
             raise _missing("tiny-imagenet200", path, TINY_LAYOUT, how)
-    wnids = base.joinpath("wnids.txt").read_text().split()
+    expected = SPECS["tiny-imagenet200"].num_classes
+    wnids_file = base / "wnids.txt"
+    wnids = wnids_file.read_text().split()
+    if len(set(wnids)) != len(wnids):
+        twice = next(w for w in wnids if wnids.count(w) > 1)
+        raise RdfcilError(f"tiny-imagenet200: '{wnids_file}' lists '{twice}' twice; unpack the dataset again")
+    folders = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    unlisted = sorted(set(folders) - set(wnids))
+    if len(wnids) != expected or unlisted:
+        example = f"'{unlisted[0]}' has a folder in train/ but no line" if unlisted else None
+        raise _count_mismatch("tiny-imagenet200", wnids_file, "lists", len(wnids), expected, example)
     label_of = {w: i for i, w in enumerate(wnids)}
     train_paths, train_labels = [], []
     for wnid in wnids:
         folder = base / "train" / wnid / "images"
         if not folder.is_dir():
             raise _missing("tiny-imagenet200", folder, TINY_LAYOUT, how)
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        files = _images_in(folder)
+        if not files:
+            raise RdfcilError(f"tiny-imagenet200: '{folder}' holds no image of class '{wnid}'")
         train_paths += [str(p) for p in files]
         train_labels += [label_of[wnid]] * len(files)
-    val_paths, val_labels = [], []
-    for line in base.joinpath("val", "val_annotations.txt").read_text().splitlines():
-        if line.strip():
-            name, wnid = line.split("\t")[:2]
-            val_paths.append(str(base / "val" / "images" / name))
-            val_labels.append(label_of[wnid])
+    val_paths, val_labels = tiny_imagenet_val(base, label_of, how)
     return train_paths, torch.tensor(train_labels), val_paths, torch.tensor(val_labels)
+
+
+def tiny_imagenet_val(base: Path, label_of: dict, how: str) -> tuple[list[str], list[int]]:
+    """The validation images and labels, from the official layout or the re-organised one."""
+    val = base / "val"
+    annotations = val / "val_annotations.txt"
+    if (val / "images").is_dir() and _images_in(val / "images"):
+        if not annotations.is_file():
+            raise _missing("tiny-imagenet200", annotations, TINY_LAYOUT, how)
+        paths, labels = [], []
+        for number, line in enumerate(annotations.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < 2:
+                raise RdfcilError(f"tiny-imagenet200: '{annotations}' line {number} is not '<file>\\t<wnid>...'")
+            name, wnid = fields[:2]
+            if wnid not in label_of:
+                raise RdfcilError(f"tiny-imagenet200: '{annotations}' line {number} names '{wnid}', which "
+                                  f"wnids.txt does not list ({len(label_of)} wnids listed)")
+            path = val / "images" / name
+            if not path.is_file():
+                raise RdfcilError(f"tiny-imagenet200: '{annotations}' line {number} names '{path}', which "
+                                  f"does not exist")
+            paths.append(str(path))
+            labels.append(label_of[wnid])
+        return paths, labels
+    folders = sorted(p for p in val.iterdir() if p.is_dir())
+    if not folders:
+        raise RdfcilError(f"tiny-imagenet200: '{val}' holds neither images/ with val_annotations.txt (the "
+                          f"official layout) nor one folder per wnid (val/<wnid>/images/*.JPEG)")
+    unknown = [p.name for p in folders if p.name not in label_of]
+    if unknown:
+        raise RdfcilError(f"tiny-imagenet200: '{val / unknown[0]}' is a class folder of the re-organised "
+                          f"validation layout whose wnid wnids.txt does not list ({len(unknown)} such folders)")
+    paths, labels = [], []
+    for folder in folders:
+        inner = folder / "images" if (folder / "images").is_dir() else folder
+        files = _images_in(inner)
+        paths += [str(p) for p in files]
+        labels += [label_of[folder.name]] * len(files)
+    return paths, labels
 
 
 IMAGENET_LAYOUT = ("<data_root>/imagenet100/{train/<wnid>/*.JPEG, val/<wnid>/*.JPEG, train_100.txt, "
@@ -509,19 +634,44 @@ def write_imagenet100_lists(base: Path) -> None:
 
 
 def load_imagenet100_lists(root: Path):
+    """The PODNet ImageNet-100 split: ``train_100.txt`` / ``val_100.txt`` (rebuilt from the
+    folders if absent). Each list is checked against the folders and the class list: every
+    line is ``<split>/<wnid>/<file> <label>`` naming an existing image, ``<label>`` is the
+    wnid's line in ``imagenet100_wnids.txt``, and all 100 classes occur."""
     base = root / "imagenet100"
     if not base.is_dir():
         raise _missing("imagenet100", base, IMAGENET_LAYOUT, "follow PODNet's instructions to prepare it")
     if not (base / "train_100.txt").is_file() or not (base / "val_100.txt").is_file():
         write_imagenet100_lists(base)
+    label_of = {w: i for i, w in enumerate(imagenet100_wnids())}
+    expected = SPECS["imagenet100"].num_classes
     out = []
     for split in ("train", "val"):
+        lists = base / f"{split}_100.txt"
         paths, labels = [], []
-        for line in (base / f"{split}_100.txt").read_text().splitlines():
-            if line.strip():
-                rel, label = line.rsplit(maxsplit=1)
-                paths.append(str(base / rel))
-                labels.append(int(label))
+        for number, line in enumerate(lists.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise RdfcilError(f"imagenet100: '{lists}' line {number} is not '<path> <label>'")
+            rel, label = parts[0], int(parts[1])
+            wnid = Path(rel).parent.name
+            if label_of.get(wnid) != label:
+                wanted = f"label {label_of[wnid]}" if wnid in label_of else "none: not one of the 100 classes"
+                raise RdfcilError(f"imagenet100: '{lists}' line {number} gives '{rel}' label {label}; its "
+                                  f"folder '{wnid}' has {wanted} (imagenet100_wnids.txt)")
+            paths.append(str(base / rel))
+            labels.append(label)
+        missing = next((p for p in paths if not Path(p).is_file()), None)
+        if missing is not None:
+            raise RdfcilError(f"imagenet100: '{lists}' names '{missing}', which does not exist "
+                              f"({sum(not Path(p).is_file() for p in paths)} of {len(paths)} listed images are "
+                              f"missing); delete the list to rebuild it from the folders")
+        if len(set(labels)) != expected:
+            absent = sorted(set(label_of) - {w for w, i in label_of.items() if i in set(labels)})
+            raise _count_mismatch("imagenet100", lists, "holds images of", len(set(labels)), expected,
+                                  f"none of '{absent[0]}'" if absent else None)
         out += [paths, torch.tensor(labels)]
     return tuple(out)
 
@@ -661,12 +811,29 @@ def load_benchmark(config, device) -> Benchmark:
         y_tr = y_tr[keep]
     y_tr, tasks = split_tasks(y_tr, order, config.num_tasks, config.first_task_classes)
     y_te, _ = split_tasks(y_te, order, config.num_tasks, config.first_task_classes)
+    check_every_class(spec, order, tasks, y_tr, y_te)
     if spec.in_memory:
         train, test = TensorImages(x_tr, y_tr, spec, device), TensorImages(x_te, y_te, spec, device)
     else:
         train = FolderImages(x_tr, y_tr, spec, device, True, config.num_workers)
         test = FolderImages(x_te, y_te, spec, device, False, config.num_workers)
     return _with_augmentation(Benchmark(spec, train, test, order, tasks), config)
+
+
+def check_every_class(spec: DatasetSpec, order: Sequence[int], tasks: list[range], train_labels: torch.Tensor,
+                      test_labels: torch.Tensor) -> None:
+    """Refuse a split in which a class has no training or no test image (its accuracy, and its
+    task's, would be 0 / 0): one line naming the classes (original labels) and their tasks."""
+    for split, labels in (("test", test_labels), ("training", train_labels)):
+        counts = torch.bincount(labels.long().cpu(), minlength=len(order))
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            task_of = {c: t for t, r in enumerate(tasks) for c in r}
+            named = ", ".join(f"{order[c]} (task {task_of[c]})" for c in empty[:10])
+            more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+            raise RdfcilError(f"{spec.name}: {len(empty)} of {len(order)} classes have no {split} images: "
+                              f"class {named}{more}; their accuracy would be 0 / 0; add the images or "
+                              f"check the dataset's files")
 
 
 def _with_augmentation(bench: Benchmark, config) -> Benchmark:

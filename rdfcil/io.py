@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -45,8 +46,36 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(data, indent: int | None = 1) -> str:
+    """``data`` as strict JSON (RFC 8259): a NaN or an infinity raises :class:`RdfcilError`
+    naming where it is, since strict parsers (``jq``, browsers, most languages) reject the
+    ``NaN`` / ``Infinity`` that Python's ``json`` writes by default."""
+    try:
+        return json.dumps(data, indent=indent, allow_nan=False)
+    except ValueError:
+        raise RdfcilError(f"cannot write strict JSON: {nonfinite_path(data) or 'a value'} is NaN or infinite") from None
+
+
+def nonfinite_path(data, at: str = "") -> str | None:
+    """Where the first non-finite float of nested dicts and lists is, e.g. ``accuracy_matrix[1][1]``."""
+    if isinstance(data, float):
+        return None if math.isfinite(data) else at or "the value"
+    if isinstance(data, dict):
+        items = [(f"{at}.{key}" if at else str(key), value) for key, value in data.items()]
+    elif isinstance(data, (list, tuple)):
+        items = [(f"{at}[{i}]", value) for i, value in enumerate(data)]
+    else:
+        return None
+    for where, value in items:
+        found = nonfinite_path(value, where)
+        if found:
+            return found
+    return None
+
+
 def write_json(path: str | Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
+    """Strict JSON (:func:`json_text`), written atomically."""
+    atomic_write_text(path, json_text(data) + "\n")
 
 
 def read_json(path: str | Path):
@@ -59,6 +88,15 @@ def read_json(path: str | Path):
 
 def write_yaml(path: str | Path, data: dict) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def nonfinite_tensors(state, prefix: str = "") -> list[str]:
+    """The dotted names of the floating-point tensors in nested dicts and lists holding a NaN or
+    an infinity (e.g. ``model.backbone.bn1.running_var``)."""
+    if isinstance(state, torch.Tensor):
+        return [prefix or "tensor"] if state.is_floating_point() and not torch.isfinite(state).all() else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else []
+    return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

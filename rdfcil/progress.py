@@ -99,18 +99,24 @@ class RunProgress:
     def __call__(self, total: int, description: str):
         if self.bar is None:
             self.bar = make_bar(total, description, kind=self.kind)
-        else:
-            self.bar.reset(total=total)
+        else:  # the new label and no loss first: reset() redraws, with the new step count
             self.bar.set_description(description, refresh=False)
             self.bar.set_postfix_str("", refresh=False)
+            self.bar.reset(total=total)
         self.phases += 1
         return PhaseBar(self.bar)
 
-    def close(self) -> None:
+    def close(self, summary: str | None = None) -> None:
+        """End the run's bar. ``summary`` (e.g. the wall time of each phase) is printed where
+        the bar was and stays in the output once the bar is gone; a line bar prints it instead
+        of its own line."""
         if isinstance(self.bar, LineBar):  # 'trained 12 phases in 41 s (last: task 2 (of 2) refine epoch 30/30)'
-            self.bar.close(f"trained {self.phases} phases in {self.bar.elapsed():.0f} s (last: {self.bar.desc})")
+            self.bar.close(summary or f"trained {self.phases} phases in {self.bar.elapsed():.0f} s (last: {self.bar.desc})")
         elif self.bar is not None:
             self.bar.close()
+            if summary:
+                kind = self.kind or display_kind()
+                print(summary, file=sys.stderr if kind == "text" else sys.stdout, flush=True)
         self.bar = None
 
 

@@ -60,7 +60,10 @@ def run_records(folders) -> list[dict]:
 
 def _threads(record: dict):
     config = record.get("config", {})
-    return record.get("threads") or record.get("num_threads") or config.get("threads")
+    threads = record.get("threads") or record.get("num_threads") or config.get("threads")
+    if isinstance(threads, list):  # one count per task
+        return ", ".join(sorted({str(n) for n in threads})) or None
+    return threads
 
 
 def stamp(command: str | None = None, folders=(), threads: int | None = None, date: str | None = None) -> dict:

@@ -13,6 +13,7 @@ key that can change the numbers (:func:`config_differences`).
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +25,7 @@ from .config import Config, read_yaml, validate
 from .data import Benchmark, load_benchmark
 from .distributed import Distributed, pick_device
 from .errors import RdfcilError
-from .io import load_checkpoint, read_json, save_checkpoint, write_json, write_yaml
+from .io import load_checkpoint, nonfinite_tensors, read_json, save_checkpoint, write_json, write_yaml
 from .methods import Method, Task, build_method, unused_keys
 from .metrics import accuracy_on, forgetting, task_row
 from .nets import IncrementalNet, model_for
@@ -33,14 +34,25 @@ from .version import __version__
 # Keys that do not change a run's numbers; every other key must match to resume or reuse a run.
 OPERATIONAL_KEYS = {"out", "progress", "device", "num_workers", "eval_batch_size", "notes", "data_root", "logger",
                     "log_interval", "sync_interval"}
+# Keys that change only the last digits of CPU results (the order of floating-point sums): a run
+# records the value it used (``results.json``: ``threads`` per task) and a resumed or reused run
+# is compared with it in one printed line instead of being refused.
+NOTED_KEYS = {"threads"}
 
 
 # --------------------------------------------------------------------------- where a run lives
 
 def run_name(config: Config, tag: str = "") -> str:
-    """``<method>[-<tag>]-[<first>+]<T>tasks-seed<k>``, e.g. ``rdfcil-50+6tasks-seed1``."""
+    """``<method>[-<tag>]-[<first>+]<T>tasks-seed<k>[-order<i>]``, e.g. ``rdfcil-50+6tasks-seed1``
+    or ``rdfcil-50+6tasks-seed1-order2`` (class order 0 is left out of the name; a class order
+    given as a list is named by a short hash of it)."""
     split = f"{config.first_task_classes}+" if config.first_task_classes else ""
-    return f"{config.method}{'-' + tag if tag else ''}-{split}{config.num_tasks}tasks-seed{config.seed}"
+    order = config.class_order
+    if isinstance(order, (list, tuple)):
+        import hashlib
+        order = hashlib.sha256(",".join(map(str, order)).encode()).hexdigest()[:8]
+    suffix = f"-order{order}" if order not in (0, None) else ""
+    return f"{config.method}{'-' + tag if tag else ''}-{split}{config.num_tasks}tasks-seed{config.seed}{suffix}"
 
 
 def default_out(config: Config) -> str:
@@ -48,19 +60,48 @@ def default_out(config: Config) -> str:
     return f"runs/{config.dataset}/{run_name(config)}"
 
 
+def is_project_root(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "rdfcil").is_dir()
+
+
+def package_checkout() -> Path:
+    """The folder above the imported ``rdfcil`` package (the clone, for an editable install)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def project_root() -> Path | None:
+    """The project root: the nearest folder at or above the working directory holding
+    ``pyproject.toml`` and ``rdfcil/``, else the clone the ``rdfcil`` package is imported from
+    (an editable install, or a clone on ``PYTHONPATH``); None when neither exists."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if is_project_root(folder):
+            return folder
+    return package_checkout() if is_project_root(package_checkout()) else None
+
+
+_FALLBACKS_SAID: set = set()
+
+
 def project_path(path: str | Path) -> Path:
-    """A relative ``path`` taken from the project root: the nearest folder at or above the
-    working directory holding ``pyproject.toml`` and ``rdfcil/``, else the working directory.
-    Notebooks run from ``notebooks/`` (Jupyter, nbval) and from the root (papermill) so share
-    their run folders and figures."""
+    """Where the notebooks and plans read and write ``path``: an absolute path as given; a
+    relative one from :func:`project_root`, so that a notebook run from ``notebooks/``, from the
+    root or from any other folder (papermill in a temporary folder) finds the same runs and
+    figures; else (no project root: a package installed from a wheel) from the working
+    directory, which a printed line names once."""
     path = Path(path).expanduser()
     if path.is_absolute():
         return path
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "rdfcil").is_dir():
-            return folder / path
-    return here / path
+    root = project_root()
+    if root is None:
+        here = Path.cwd().resolve()
+        if here not in _FALLBACKS_SAID:
+            _FALLBACKS_SAID.add(here)
+            print(f"note: no project root (a folder with pyproject.toml and rdfcil/) at or above the working "
+                  f"directory or the installed package: relative output folders are taken from '{here}'",
+                  flush=True)
+        return here / path
+    return root / path
 
 
 def run_folder(out_dir: str | Path, config: Config, tag: str = "") -> Path:
@@ -97,7 +138,40 @@ def config_differences(stored: dict, wanted: dict) -> list[str]:
     its numbers."""
     keys = sorted(set(stored) | set(wanted))
     unused = unused_keys(wanted.get("method", ""))
-    return [k for k in keys if k not in OPERATIONAL_KEYS and k not in unused and stored.get(k) != wanted.get(k)]
+    return [k for k in keys if k not in OPERATIONAL_KEYS | NOTED_KEYS and k not in unused
+            and stored.get(k) != wanted.get(k)]
+
+
+def threads_note(record: dict, threads: int) -> str | None:
+    """One line when ``record``'s tasks were computed at other CPU thread counts than ``threads``."""
+    used = sorted(set(record.get("threads") or []))
+    if not used or used == [threads]:
+        return None
+    return (f"the run in '{record.get('config', {}).get('out', '?')}' was computed at {' and '.join(map(str, used))} "
+            f"CPU threads and this process uses {threads}: CPU results differ in their last digits with the "
+            f"thread count (set threads to compare like with like)")
+
+
+def damaged_tasks(folder: Path, record: dict) -> dict[int, str]:
+    """``{task: what is wrong}`` for the finished tasks of ``record`` whose checkpoint is missing
+    or differs in size from the one recorded in ``record["files"]``."""
+    sizes = record.get("files") or {}
+    damaged = {}
+    for t in range(len(record.get("accuracy_per_task") or [])):
+        path = checkpoint_path(folder, t)
+        recorded = sizes.get(path.name)
+        if not path.is_file():
+            damaged[t] = f"{path.name} is missing" + (f" (recorded: {recorded} bytes)" if recorded else "")
+        elif recorded is not None and path.stat().st_size != recorded:
+            damaged[t] = f"{path.name} holds {path.stat().st_size} bytes, not the recorded {recorded}"
+    return damaged
+
+
+@dataclass
+class Damaged:
+    """A finished run folder whose record names checkpoints that are missing or changed."""
+    record: dict
+    tasks: dict  # {task: what is wrong}
 
 
 def finished_tasks(folder: Path, num_tasks: int) -> int:
@@ -116,12 +190,14 @@ def finished_results(c: Config) -> Results | None:
         same = not config_differences(read_yaml(folder / "config.yaml"), c.to_dict() | {"out": c.out})
     except RdfcilError:
         return None
-    return Results(stored) if stored.get("finished") and same else None
+    return Results(stored) if stored.get("finished") and same and not damaged_tasks(folder, stored) else None
 
 
 def prepare_folder(c: Config, folder: Path, resume: bool, force: bool, ddp: Distributed):
-    """Check an existing run folder against ``c``; return the finished Results to reuse, or
-    the number of finished tasks to resume after. Only rank 0 writes."""
+    """Check an existing run folder against ``c``; return the finished Results to reuse, a
+    :class:`Damaged` finished run whose record names missing or changed checkpoints, or the
+    number of finished tasks to resume after (the checkpoints before it present, at their
+    recorded sizes). Only rank 0 writes."""
     wanted = c.to_dict() | {"out": str(folder)}
     start = 0
     if (folder / "config.yaml").is_file() and not force:
@@ -129,12 +205,14 @@ def prepare_folder(c: Config, folder: Path, resume: bool, force: bool, ddp: Dist
         if diff:
             raise RdfcilError(f"run folder '{folder}' holds a run with a different config (keys: "
                               f"{', '.join(diff)}); use another --out or --force to overwrite it")
-        if (folder / "results.json").is_file():
-            stored = read_json(folder / "results.json")
-            if stored.get("finished"):
-                return Results(stored)
+        stored = read_json(folder / "results.json") if (folder / "results.json").is_file() else {}
+        damaged = damaged_tasks(folder, stored)
+        if stored.get("finished"):
+            return Damaged(stored, damaged) if damaged else Results(stored)
         if resume:
-            start = finished_tasks(folder, c.num_tasks)
+            start = min([finished_tasks(folder, c.num_tasks)] + list(damaged))
+            if damaged and min(damaged) == start and ddp.is_main:
+                print(f"note: {damaged[start]}; resuming at task {start}", file=sys.stderr, flush=True)
     ddp.barrier()  # every process has read the folder before rank 0 changes it
     if ddp.is_main:
         if force and folder.exists():
@@ -163,7 +241,7 @@ def new_record(c: Config, bench: Benchmark) -> dict:
         "class_order": bench.class_order, "tasks": [[r.start, r.stop] for r in bench.tasks],
         "accuracy_matrix": [], "accuracy_per_task": [], "final_accuracy": None,
         "average_incremental_accuracy": None, "old_accuracy": [], "new_accuracy": [], "forgetting": [],
-        "class_coverage": [], "wall_seconds": [], "wall_seconds_total": 0.0, "finished": False,
+        "class_coverage": [], "wall_seconds": [], "wall_seconds_total": 0.0, "finished": False, "warnings": [],
         "config": c.to_dict(), "version": __version__, "git_commit": git_commit(),
         "device": str(pick_device(c.device)), "torch": str(torch.__version__),
     }
@@ -187,12 +265,33 @@ def add_task_metrics(record: dict, confusion: np.ndarray, bench: Benchmark, t: i
 
 def save_task(folder: Path, t: int, model, method: Method, record: dict, history: dict, confusion,
               snapshots: dict) -> None:
-    """After task ``t``: its checkpoint, then ``history.json`` and ``results.json`` (each atomic)."""
+    """After task ``t``: its checkpoint, then ``history.json`` and ``results.json`` (each atomic).
+    A model or method state with a non-finite tensor is refused: nothing is written."""
+    bad = nonfinite_tensors({"model": model.state_dict(), "method": method.state_dict()})
+    if bad:
+        raise RdfcilError(f"task {t} ended with non-finite tensors ({', '.join(bad[:3])}"
+                          f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); task_{t}.pt is not written; "
+                          f"the run folder keeps the tasks before it")
+    save_task_checkpoint(folder, t, model, method, record, confusion, snapshots)
+    write_json(folder / "history.json", history)
+    record_files(folder, record, t)
+    write_json(folder / "results.json", record)
+
+
+def save_task_checkpoint(folder: Path, t: int, model, method: Method, record: dict, confusion,
+                         snapshots: dict) -> None:
+    """``task_<t>.pt``: the model, the method's state, the record so far, the confusion matrix
+    and the snapshots, written atomically."""
     save_checkpoint(checkpoint_path(folder, t), {
         "task": t, "model": model.state_dict(), "method": method.state_dict(),
         "record": record, "confusion": torch.as_tensor(confusion), "snapshots": snapshots})
-    write_json(folder / "history.json", history)
-    write_json(folder / "results.json", record)
+
+
+def record_files(folder: Path, record: dict, last: int) -> None:
+    """``record["files"]``: the size in bytes of ``task_0.pt`` .. ``task_<last>.pt``, checked
+    when the run is reused or resumed (:func:`damaged_tasks`)."""
+    record["files"] = {checkpoint_path(folder, k).name: checkpoint_path(folder, k).stat().st_size
+                       for k in range(last + 1) if checkpoint_path(folder, k).is_file()}
 
 
 def load_task_state(model: IncrementalNet, method: Method | None, state: dict, bench: Benchmark,

@@ -3,10 +3,12 @@
 ``run_all(configs, jobs=...)`` runs every config as its own ``python -m rdfcil run`` process,
 ``jobs`` at a time per device (default: 1 on the CPU, 4 per GPU), longest expected run first
 (:func:`expected_work`), spread over every visible GPU
-(one ``CUDA_VISIBLE_DEVICES`` per worker; on the CPU each worker gets
-``OMP_NUM_THREADS = cores // jobs``). The parent only schedules and collects: each child owns its
-run folder under the folder's lock (``lock.py``) and seeds itself from its config, so the numbers
-are those of the same runs made one at a time with the same thread count. A finished run folder
+(one ``CUDA_VISIBLE_DEVICES`` per worker). On the CPU every run computes with a fixed thread
+count, its config's ``threads`` or :data:`GRID_THREADS`, whatever ``jobs`` is (default: as many
+runs as the cores hold), since a CPU result's last digits depend on the thread count. The parent
+only schedules and collects: each child owns its run folder under the folder's lock
+(``lock.py``) and seeds itself from its config, so the numbers are those of the same runs made
+one at a time. A finished run folder
 whose config matches is reused without starting a process. A failed run is reported with its
 one-line error (``error: ...`` on the child's stderr) and the others go on; ``run_all`` raises one
 ``RdfcilError`` naming the failures once every run has ended (``execute`` returns them instead).
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, resolve
-from .runs import Results, default_out, finished_results
+from .runs import Results, default_out, finished_results, threads_note
 from .errors import RdfcilError
 from .io import read_json, write_yaml
 from .progress import make_bar
@@ -76,18 +78,23 @@ def visible_gpus(configs) -> list[str]:
     return listed[:count] if listed else [str(i) for i in range(count)]
 
 
-def default_jobs(gpus: list) -> int:
-    """Runs at a time per device: 4 per GPU (small models leave a GPU mostly idle), 1 on the CPU."""
-    return 4 if gpus else 1
+GRID_THREADS = 1  # CPU threads of each run of a grid on the CPU whose config sets none
 
 
-def cpu_threads(jobs: int) -> int:
-    """Threads of each run of a CPU pool: ``cores // jobs``, never more than the caller's own
-    ``OMP_NUM_THREADS`` (a run's ``threads`` key, where set, overrides both)."""
-    threads = max(1, cpu_count() // jobs)
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
-    return threads
+def with_grid_threads(configs: list[Config]) -> list[Config]:
+    """The configs of a grid on the CPU, each with its thread count fixed (``threads``, else
+    :data:`GRID_THREADS`), whatever ``jobs`` is: a CPU result's last digits depend on the
+    thread count, so a grid gives the same numbers one run at a time or many."""
+    import dataclasses
+    return [c if c.threads else dataclasses.replace(c, threads=GRID_THREADS) for c in configs]
+
+
+def default_jobs(gpus: list, configs: list[Config] = ()) -> int:
+    """Runs at a time per device: 4 per GPU (small models leave a GPU mostly idle); on the CPU
+    as many as the cores hold at the runs' thread counts."""
+    if gpus:
+        return 4
+    return max(1, cpu_count() // max([c.threads or GRID_THREADS for c in configs] or [GRID_THREADS]))
 
 
 def checked(configs) -> list[Config]:
@@ -115,6 +122,9 @@ def reused_outcomes(configs: list[Config], force: bool) -> tuple[dict[int, "Outc
         reused = None if force else finished_results(c)
         if reused is not None:
             outcomes[i] = Outcome(c, reused, reused=True)
+            note = threads_note(reused.data, c.threads) if c.threads else None
+            if note:
+                print(f"note: {note}", file=sys.stderr, flush=True)
         else:
             todo.append(i)
     return outcomes, todo
@@ -224,11 +234,12 @@ def run_pool(configs: list[Config], jobs: int | None = None, force: bool = False
              poll: float = 0.5) -> list[Outcome]:
     """Every config as a ``python -m rdfcil run`` process, ``jobs`` at a time per device."""
     gpus = visible_gpus(configs)
-    jobs = jobs or default_jobs(gpus)
+    if not gpus:
+        configs = with_grid_threads(configs)
+    jobs = jobs or default_jobs(gpus, configs)
     if jobs < 1:
         raise RdfcilError(f"jobs must be a positive integer, got {jobs!r}")
     slots = [g for g in gpus for _ in range(jobs)] if gpus else [None] * jobs
-    threads = None if gpus else cpu_threads(jobs)
     outcomes, todo = reused_outcomes(configs, force)
     pending = deque(longest_first(configs, todo))
     running: dict[int, tuple] = {}
@@ -250,7 +261,7 @@ def run_pool(configs: list[Config], jobs: int | None = None, force: bool = False
                     if force:
                         command.append("--force")
                     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
-                                               env=child_environment(slot, threads))
+                                               env=child_environment(slot, c.threads))
                     running[i] = (process, slot, stderr)
                 display.update(outcomes, {i: configs[i] for i in running}, failed)
                 time.sleep(poll)
@@ -397,7 +408,8 @@ def run_grid(configs, jobs: int | None = None, force: bool = False, progress: bo
     process (each with its own progress bar). Every config is validated before the first run."""
     if jobs == 0:
         from .engine import run
-        return [run(c, force=force) for c in checked(configs)]
+        configs = checked(configs)
+        return [run(c, force=force) for c in (configs if visible_gpus(configs) else with_grid_threads(configs))]
     return run_all(configs, jobs=jobs, force=force, progress=progress)
 
 

@@ -2,8 +2,8 @@
 README's tables are this module's rows and writers.
 
 :func:`summary_rows` groups runs (a :func:`rdfcil.collect` table or Results) by split and
-method: final and average incremental accuracy, mean and sample std over seeds (``None`` for a
-single seed), the mean wall time, beside the published numbers where they exist. The writers
+method: final and average incremental accuracy, mean and sample std over the runs (``None`` for a
+single run), which repeat over class orders or seeds (the row's ``over``), the mean wall time, beside the published numbers where they exist. The writers
 render the rows as Markdown, LaTeX (booktabs), CSV and JSON; :func:`write_tables` writes each
 file atomically.
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .io import atomic_write_text
+from .io import atomic_write_text, json_text
 
 
 # --------------------------------------------------------------------------- methods and splits
@@ -45,19 +44,21 @@ def split_label(num_tasks: int, first_task_classes: int | None, num_classes: int
 
 def summary_rows(results, published=None) -> list[dict]:
     """One row per (split, method, classifier), splits in order, methods by rank: final and average
-    incremental accuracy, mean and sample std over seeds (std None for one seed), mean wall time
-    per run, and ``published(dataset, method, num_tasks, first_task_classes)``'s numbers (with
-    ``classifier=`` for a classifier other than the linear head; ``paper_protocol`` says how a
-    published setting differs from the run's, None where it does not).
+    incremental accuracy, mean and sample std over the runs (std None for one run; ``over``: what
+    the runs repeat over, class orders or seeds; ``class_orders`` and ``seeds`` list them), mean
+    wall time per run, and ``published(dataset, method, num_tasks, first_task_classes)``'s numbers
+    (with ``classifier=`` for a classifier other than the linear head; ``paper_protocol`` says how
+    a published setting differs from the run's, None where it does not).
     ``results``: a table from :func:`rdfcil.collect` (one row per run) or a list of Results."""
     from .runtable import frame
     table = results if hasattr(results, "groupby") else frame(results)
-    table = table.assign(_order=table["method"].map(method_rank), _first=table["base_classes"].astype(object))
+    table = table.assign(_order=table["method"].map(method_rank), _first=table["base_classes"].astype(object),
+                         _class_order=(table["class_order"] if "class_order" in table else [0] * len(table)))
     if "classifier" not in table:
         table = table.assign(classifier="linear head")
     keys = ["num_tasks", "_first", "num_classes", "_order", "method", "classifier"]
     stats = table.groupby(keys, sort=True, dropna=False).agg(
-        dataset=("dataset", "first"), seeds=("seed", list), runs=("seed", "size"),
+        dataset=("dataset", "first"), seeds=("seed", list), runs=("seed", "size"), orders=("_class_order", list),
         final_mean=("final_accuracy", "mean"), final_std=("final_accuracy", "std"),
         avg_mean=("average_incremental_accuracy", "mean"), avg_std=("average_incremental_accuracy", "std"),
         seconds_mean=("seconds_total", "mean"))
@@ -71,13 +72,39 @@ def summary_rows(results, published=None) -> list[dict]:
         rows.append({
             "dataset": r.dataset, "method": method, "num_tasks": tasks, "first_task_classes": first,
             "split": split_label(tasks, first, classes), "seeds": [int(s) for s in r.seeds],
+            "class_orders": [o if isinstance(o, int) else list(o) for o in r.orders],
+            "over": repeats_over(r.seeds, r.orders),
             "final_mean": float(r.final_mean), "final_std": None if single else float(r.final_std),
             "avg_mean": float(r.avg_mean), "avg_std": None if single else float(r.avg_std),
             "paper_last": paper.get("last"), "paper_last_std": paper.get("last_std"),
-            "paper_avg": paper.get("avg"), "seconds_mean": float(r.seconds_mean),
+            "paper_avg": paper.get("avg"),
+            "seconds_mean": None if math.isnan(r.seconds_mean) else float(r.seconds_mean),
             "classifier": classifier, "paper_protocol": paper.get("protocol"),
         })
     return rows
+
+
+def repeats_over(seeds, orders) -> str:
+    """What the runs of a row repeat over: ``class orders``, ``seeds``, ``class orders and
+    seeds``, or ``one run`` (the published CIFAR-100 and Tiny-ImageNet repeats are class orders)."""
+    if len(seeds) < 2:
+        return "one run"
+    n_orders, n_seeds = len({str(o) for o in orders}), len(set(seeds))
+    if n_orders > 1 and n_seeds > 1:
+        return "class orders and seeds"
+    return "class orders" if n_orders > 1 else "seeds" if n_seeds > 1 else "runs of one setting"
+
+
+def _over(rows) -> str:
+    """What the rows' runs repeat over, for a caption."""
+    kinds = {r.get("over") for r in rows} - {"one run", None}
+    return kinds.pop() if len(kinds) == 1 else "the runs (see the Runs column)"
+
+
+def _runs(r) -> str:
+    n = len(r["seeds"])
+    over = r.get("over", "seeds")
+    return str(n) if n < 2 else f"{n} {over}" if over in ("class orders", "seeds") else f"{n} ({over})"
 
 
 # --------------------------------------------------------------------------- the writers
@@ -117,7 +144,7 @@ def _columns(published: bool, seconds: bool, notes: list[str] = ()) -> list[tupl
     protocols of published numbers from another setting (:func:`_protocols`)."""
     columns = [("method", "Method", lambda r, pm, missing: method_label(r["method"])),
                ("split", "Split", lambda r, pm, missing: r["split"]),
-               ("seeds", "Seeds", lambda r, pm, missing: str(len(r["seeds"]))),
+               ("runs", "Runs", lambda r, pm, missing: _runs(r)),
                ("final (ours)", "Final (ours)", lambda r, pm, missing: _pm(r["final_mean"], r["final_std"], pm))]
     if published:
         columns.append(("final (published)", "Final (publ.)",
@@ -127,16 +154,18 @@ def _columns(published: bool, seconds: bool, notes: list[str] = ()) -> list[tupl
         columns.append(("avg. incr. (published)", "Avg (publ.)",
                         lambda r, pm, missing: _paper(r, r["paper_avg"], None, pm, missing, notes)))
     if seconds:
-        columns.append(("wall time per run (s)", "Time (s)", lambda r, pm, missing: f"{r['seconds_mean']:.0f}"))
+        columns.append(("wall time per run (s)", "Time (s)",
+                        lambda r, pm, missing: missing if r["seconds_mean"] is None else f"{r['seconds_mean']:.0f}"))
     columns.append(("classifier", "Classifier", lambda r, pm, missing: r.get("classifier") or "linear head"))
     return columns
 
 
 def markdown_table(rows: Sequence[dict], published: bool = True, seconds: bool = False) -> str:
-    """The table in Markdown (accuracies in %, mean ± std over seeds); ``published``: the
-    published numbers beside ours, a number from another setting marked [i] and its setting
-    noted under the table; ``seconds``: the mean wall time per run. The last column names the
-    classifier that made the predictions."""
+    """The table in Markdown (accuracies in %, mean ± std over the runs: the ``runs`` column says
+    how many and what they repeat over, class orders or seeds); ``published``: the published
+    numbers beside ours, a number from another setting marked [i] and its setting noted under the
+    table; ``seconds``: the mean wall time per run. The last column names the classifier that
+    made the predictions."""
     notes = _protocols(rows) if published else []
     columns = _columns(published, seconds, notes)
     lines = ["| " + " | ".join(c[0] for c in columns) + " |",
@@ -159,7 +188,7 @@ def latex_table(rows: Sequence[dict], caption: str | None = None, label: str = "
     columns = _columns(published, seconds, notes)
     dataset = rows[0]["dataset"] if rows else ""
     caption = caption or (f"Final and average incremental accuracy (\\%) on {_tex_escape(dataset)}, "
-                          "mean $\\pm$ std over seeds" + (", beside the published numbers." if published else ".")
+                          f"mean $\\pm$ std over {_over(rows)}" + (", beside the published numbers." if published else ".")
                           + "".join(f" [{i + 1}] Published in another setting: {_tex_escape(n)}."
                                     for i, n in enumerate(notes)))
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{ll" + "r" * (len(columns) - 3) + "l}", r"\toprule",
@@ -177,8 +206,9 @@ def latex_table(rows: Sequence[dict], caption: str | None = None, label: str = "
 
 # Wall time only where asked for: the committed reproduction table depends on the numbers alone,
 # not on the machine's load.
-CSV_FIELDS = ["dataset", "method", "num_tasks", "first_task_classes", "split", "seeds", "final_mean", "final_std",
-              "avg_mean", "avg_std", "paper_last", "paper_last_std", "paper_avg", "classifier", "paper_protocol"]
+CSV_FIELDS = ["dataset", "method", "num_tasks", "first_task_classes", "split", "seeds", "class_orders", "over",
+              "final_mean", "final_std", "avg_mean", "avg_std", "paper_last", "paper_last_std", "paper_avg",
+              "classifier", "paper_protocol"]
 
 
 def csv_table(rows: Sequence[dict], seconds: bool = False, provenance: bool = False) -> str:
@@ -188,7 +218,7 @@ def csv_table(rows: Sequence[dict], seconds: bool = False, provenance: bool = Fa
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else " ".join(map(str, r[k])) if k == "seeds"
+        writer.writerow({k: ("" if r.get(k) is None else " ".join(map(str, r[k])) if k in ("seeds", "class_orders")
                              else f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in fields})
     return buffer.getvalue()
 
@@ -206,7 +236,7 @@ def write_tables(rows: Sequence[dict], stem: str | Path, formats: Sequence[str] 
     writers = {"md": lambda: markdown_table(rows, published, seconds) + (f"\n{text}\n" if text else ""),
                "tex": lambda: (f"% {text}\n" if text else "") + latex_table(rows, published=published, seconds=seconds),
                "csv": lambda: csv_table(stamped, seconds, provenance=bool(text)),
-               "json": lambda: json.dumps(stamped, indent=1) + "\n"}
+               "json": lambda: json_text(stamped) + "\n"}
     paths = {}
     for fmt in formats:
         paths[fmt] = stem.with_name(stem.name + "." + fmt)

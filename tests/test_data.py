@@ -215,7 +215,7 @@ def test_cifar100_python2_cpickle_stream_loads(tmp_path):
     written = {}
     for split, n in (("train", 300), ("test", 100)):
         images = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 100, size=n).tolist()
+        labels = rng.permutation(np.arange(n) % 100).tolist()  # every class, as the real files hold
         (folder / split).write_bytes(python2_cifar_bytes(images, labels))
         written[split] = images, labels
     x_tr, y_tr, x_te, y_te = data.load_cifar100_arrays(tmp_path, download=False)
@@ -327,15 +327,15 @@ def test_imagenet100_rebuilds_lists(tmp_path):
 
 def test_imagenet100_uses_given_lists(tmp_path):
     base, wnids = write_imagenet100(tmp_path)
-    # PODNet-style lists covering only the first 50 classes for train: they must be read, not rebuilt
-    train_text = "".join(f"train/{wnids[c]}/{wnids[c]}_5.JPEG {c}\n" for c in range(1, 50))
+    # PODNet-style lists in their own order (classes backwards, one image of class 0): read, not rebuilt
+    train_text = "".join(f"train/{wnids[c]}/{wnids[c]}_{10 if c == 0 else 5}.JPEG {c}\n" for c in range(99, -1, -1))
     val_text = "".join(f"val/{wnids[c]}/ILSVRC2012_val_{c:08d}.JPEG {c}\n" for c in range(100))
     (base / "train_100.txt").write_text(train_text)
     (base / "val_100.txt").write_text(val_text)
     p_tr, y_tr, p_te, y_te = data.load_imagenet100_lists(tmp_path)
     assert (base / "train_100.txt").read_text() == train_text
-    assert y_tr.tolist() == list(range(1, 50)) and len(p_tr) == 49
-    assert p_tr[0] == str(base / "train" / wnids[1] / f"{wnids[1]}_5.JPEG")
+    assert y_tr.tolist() == list(range(99, -1, -1)) and len(p_tr) == 100
+    assert p_tr[0] == str(base / "train" / wnids[99] / f"{wnids[99]}_5.JPEG")
     assert y_te.tolist() == list(range(100))
 
 

@@ -153,7 +153,7 @@ def test_the_ablation_of_notebook_03_resolves():
 
 def list_and_dict_parameters(path: Path) -> dict:
     """The parameters of a notebook that hold lists or dicts: name -> kind."""
-    kinds = {"overrides": dict, "methods": list, "task_counts": list, "seeds": list}
+    kinds = {"overrides": dict, "methods": list, "task_counts": list, "seeds": list, "class_orders": list}
     return {k: kinds[k] for k in parameters(path) if k in kinds}
 
 

@@ -23,8 +23,9 @@ def tiny(method, seed, out, **more):
 
 
 def test_two_jobs_equal_one_run_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # each child: one thread, like this process
-    torch.set_num_threads(1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the environment would allow every core
+    monkeypatch.setattr(sweep, "cpu_count", lambda: 4)  # so cores // jobs would give 2 threads a run
+    torch.set_num_threads(3)  # and runs in this process would use 3
     methods, seeds = ["finetune", "rdfcil"], [0, 1]
     parallel = bench.sweep("digits", methods, seeds, tmp_path / "par", TINY, jobs=2)
     sequential = bench.sweep("digits", methods, seeds, tmp_path / "seq", TINY, jobs=0)
@@ -32,6 +33,9 @@ def test_two_jobs_equal_one_run_at_a_time(tmp_path, monkeypatch):
     for p, s in zip(parallel, sequential):
         assert p.finished and p.accuracy_matrix == s.accuracy_matrix, (p.method, p.seed)
         assert p.class_coverage == s.class_coverage
+        assert p.threads == s.threads == [1, 1] and p.config["threads"] == 1  # a grid's runs: one thread each
+    assert torch.get_num_threads() == 3  # restored after the runs made here
+    torch.set_num_threads(1)
     assert [r.config["out"] for r in parallel] == [str(tmp_path / "par" / f"{m}-2tasks-seed{s}")
                                                    for m in methods for s in seeds]  # runs.run_name
     again = sweep.execute([tiny(r.method, r.seed, r.config["out"]) for r in parallel], jobs=2)

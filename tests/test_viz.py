@@ -161,14 +161,14 @@ def test_table_writers_hold_the_rows_and_numbers(tmp_path):
     assert sorted(paths) == ["csv", "md", "tex"]
     md = paths["md"].read_text()
     lines = md.strip().splitlines()
-    assert lines[0].startswith("| method | split | seeds | final (ours) | final (published)")
+    assert lines[0].startswith("| method | split | runs | final (ours) | final (published)")
     assert len(lines) == 2 + len(rows)
-    assert "| ABD | 50 + 5 × 10 | 2 | 51.00 ± 1.41 | 50.55 ± 1.14 | " in md
-    assert "| R-DFCIL | 50 + 5 × 10 | 2 | 54.50 ± 0.71 | 54.76 ± 0.76 | " in md
+    assert "| ABD | 50 + 5 × 10 | 2 seeds | 51.00 ± 1.41 | 50.55 ± 1.14 | " in md
+    assert "| R-DFCIL | 50 + 5 × 10 | 2 seeds | 54.50 ± 0.71 | 54.76 ± 0.76 | " in md
     assert "| R-DFCIL | 50 + 25 × 2 | 1 | 30.00 | 30.01 ± 0.56 | " in md and "| 49.95 |" in md
     tex = paths["tex"].read_text()
     assert r"\begin{tabular}{llrrrrrl}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
-    assert r"R-DFCIL & 50 + 5 $\times$ 10 & 2 & 54.50 $\pm$ 0.71 & 54.76 $\pm$ 0.76" in tex
+    assert r"R-DFCIL & 50 + 5 $\times$ 10 & 2 seeds & 54.50 $\pm$ 0.71 & 54.76 $\pm$ 0.76" in tex
     assert tex.count(r"\midrule") == 2  # after the header and between the two splits
     parsed = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert [r["method"] for r in parsed] == ["abd", "rdfcil", "rdfcil"]
@@ -212,9 +212,10 @@ def test_plan_defaults_and_validation(tmp_path):
     assert configs[2].inversion_steps == paper.DEFAULTS["digits"]["overrides"]["inversion_steps"]
     assert configs[2].out == str(tmp_path / "digits" / "rdfcil-5tasks-seed0")
     cifar = paper.plan("cifar100", out_dir=tmp_path)
-    assert [(c.method, c.num_tasks, c.first_task_classes, c.seed, c.epochs) for c in cifar[:2]] == \
-        [("abd", 6, 50, 1, 250), ("rdfcil", 6, 50, 1, 200)]  # ABD: its scripts' 250 epochs
-    assert len(cifar) == 6 and cifar[-1].out.endswith("cifar100/rdfcil-50+26tasks-seed1")
+    assert [(c.method, c.num_tasks, c.first_task_classes, c.seed, c.class_order, c.epochs) for c in cifar[:4]] == \
+        [("abd", 6, 50, 1, 0, 250), ("abd", 6, 50, 1, 1, 250), ("abd", 6, 50, 1, 2, 250),
+         ("rdfcil", 6, 50, 1, 0, 200)]  # ABD: its scripts' 250 epochs; the published repeats: class orders 0-2
+    assert len(cifar) == 18 and cifar[-1].out.endswith("cifar100/rdfcil-50+26tasks-seed1-order2")
     equal = paper.plan("cifar100", methods=["lwf"], task_counts=[10], first_task_classes=None, out_dir=tmp_path)
     assert equal[0].first_task_classes is None
     with pytest.raises(RdfcilError, match="^3 tasks do not divide 10 classes"):

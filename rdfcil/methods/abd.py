@@ -29,6 +29,13 @@ class ABD(Method):
         super().__init__(config, model, spec)
         self.inversion = InversionReplay(config, spec, model.device, carry=config.generator_carry)
 
+    @classmethod
+    def vanishing_losses(cls, config, task_index: int, n_old: int, n_new: int) -> list[str]:
+        lost = super().vanishing_losses(config, task_index, n_old, n_new)
+        if task_index > 0 and n_new == 1:
+            lost.append("local_ce (the cross-entropy over the task's new classes)")
+        return lost
+
     def incremental_phases(self, task: Task) -> list[Phase]:
         c = self.config
 

@@ -121,6 +121,22 @@ class Method:
         self.old_model: nn.Module | None = None
         self.inversion: InversionReplay | None = None
 
+    # -- what a setting must give the losses (checked before training) ------------------------
+    @classmethod
+    def batch_needs(cls, config) -> list[tuple[int, str]]:
+        """``(images, what needs them)``: the fewest images each process's share of a real (and
+        synthetic) training batch may hold. BatchNorm in training mode normalises with the
+        batch's statistics: one image gives a degenerate variance."""
+        return [(2, "BatchNorm in training mode (batch statistics)")]
+
+    @classmethod
+    def vanishing_losses(cls, config, task_index: int, n_old: int, n_new: int) -> list[str]:
+        """The loss terms that are identically 0 on a task of ``n_new`` new classes after
+        ``n_old`` old ones, e.g. a cross-entropy over one class (``log softmax`` of a single
+        logit is 0). The base class: the base task's ``ce`` over one class (every method's
+        first task trains on it)."""
+        return ["ce (the base task's cross-entropy over its one class)"] if task_index == 0 and n_new == 1 else []
+
     # -- phases ------------------------------------------------------------------------------
     def train_epochs(self, task: Task) -> int:
         """The base task runs ``epochs - refinement_epochs`` (docs/methods/index.md, "The network")."""

@@ -44,12 +44,30 @@ class RDFCIL(Method):
                       "rrl_forward", "refine_counts"}) | InversionReplay.keys
     task_invariant_steps = True
 
+    # the fewest samples each relation needs: a distance is normalised by the mean pairwise
+    # distance (2 samples), an angle is taken between three
+    RKD_SAMPLES = {"distance": 2, "angle": 3}
+
     def __init__(self, config, model, spec):
         super().__init__(config, model, spec)
         # the published code inverts a fresh G each task
         self.inversion = InversionReplay(config, spec, model.device, padded=True)
         self.projections: L.RelationProjections | None = None
         self.counts: ClassCounts | None = None
+
+    @classmethod
+    def batch_needs(cls, config) -> list[tuple[int, str]]:
+        needs = super().batch_needs(config)
+        if config.rkd in cls.RKD_SAMPLES:
+            needs.append((cls.RKD_SAMPLES[config.rkd], f"rkd {config.rkd} (relations between samples of the batch)"))
+        return needs
+
+    @classmethod
+    def vanishing_losses(cls, config, task_index: int, n_old: int, n_new: int) -> list[str]:
+        lost = super().vanishing_losses(config, task_index, n_old, n_new)
+        if task_index > 0 and n_new == 1 and config.local_ce:
+            lost.append("local_ce (the cross-entropy over the task's new classes)")
+        return lost
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"projections": self.projections} if self.projections is not None else {}
