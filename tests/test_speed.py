@@ -13,6 +13,8 @@ from conftest import TEST_DEVICE
 def test_bench_speed_writes_every_measure(tmp_path, capsys, forward):
     result = bench_speed("digits", {"rrl_forward": forward, "device": TEST_DEVICE}, str(tmp_path), steps=1, workers=0)
     stored = json.loads((tmp_path / "speed.json").read_text())
+    assert stored["compile_s"] == result.pop("compile_s") and set(stored.pop("compile_s")) == {
+        "base", "rrl", "refine", "train", "inversion"}  # 0 without graphs
     assert stored == pytest.approx(result)
     for key in ("ceiling_s", "lab_epoch_s", "conventional_epoch_s", "rrl_s", "refine_s", "abd_train_s", "inversion_s",
                 "rrl_part_sampling_s", "rrl_part_old_forward_s", "rrl_part_current_fwd_bwd_s",
