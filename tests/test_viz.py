@@ -306,4 +306,4 @@ def test_published_numbers_of_the_frozen_backbone_methods():
     named = {METHODS["ncm"].classifier, METHODS["fecam"].classifier} | {
         METHODS["fetril"](resolve({"method": "fetril", "fetril_classifier": k}), model, SPECS["digits"]).classifier
         for k in ("svm", "fc")}
-    assert {r["classifier"] for r in paper.BEYOND} == named
+    assert {r["classifier"] for r in paper.BEYOND if r["method"] in ("ncm", "fecam", "fetril")} == named
