@@ -193,11 +193,29 @@ def training_step(phase: Phase, optimizer: torch.optim.Optimizer, device: torch.
     return step
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(phase: Phase, config: Config, device: torch.device) -> torch.optim.Optimizer:
+    """The phase's optimiser over ``phase.parameters`` at ``phase.lr``: SGD with the run's
+    ``momentum`` (PyTorch's form: ``v <- momentum v + g + wd p``, ``p <- p - lr v``), or Adam
+    (betas 0.9, 0.999, eps 1e-8, L2 weight decay added to the gradient as ``torch.optim.Adam``
+    does, as EFC's code uses it). Weight decay: ``phase.weight_decay``, else the run's.
+    Raises ``ValueError`` for another name."""
+    weight_decay = config.weight_decay if phase.weight_decay is None else phase.weight_decay
+    fused = fused_optimizer(device, config.graphs)
+    if phase.optimizer == "sgd":
+        return torch.optim.SGD(phase.parameters, lr=phase.lr, momentum=config.momentum, weight_decay=weight_decay, **fused)
+    if phase.optimizer == "adam":
+        return torch.optim.Adam(phase.parameters, lr=phase.lr, weight_decay=weight_decay, **fused)
+    raise ValueError(f"phase '{phase.name}': optimizer '{phase.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+
+
 def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator: torch.Generator,
                 task: int, progress, last_checkpoint: str | None,
                 ddp: Distributed | None = None, logger: NullLogger | None = None,
                 log_offset: int = 0) -> dict[str, list[float]]:
-    """SGD (momentum, weight decay) over ``phase.parameters``; returns per-epoch mean terms.
+    """``phase.optimizer`` (:func:`make_optimizer`) over ``phase.parameters``; returns per-epoch mean terms.
     Under ``torchrun`` each process trains on its shard of every batch, gradients averaged.
     The terms stay on the device and are read back every ``config.sync_interval`` steps and at
     each epoch's end (:class:`StepRecord`: no host sync inside a step); then the finite check
@@ -206,9 +224,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     ddp = ddp or Distributed()
     logger = logger or NullLogger()
     interval = max(config.log_interval, 1)
-    weight_decay = config.weight_decay if phase.weight_decay is None else phase.weight_decay
-    optimizer = torch.optim.SGD(phase.parameters, lr=phase.lr, momentum=config.momentum,
-                                weight_decay=weight_decay, **fused_optimizer(model.device, config.graphs))
+    optimizer = make_optimizer(phase, config, model.device)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
     augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
     record = StepRecord(config.sync_interval, FiniteCheck(task, phase.name, last_checkpoint))

@@ -47,7 +47,7 @@ class Task:
 
 @dataclass
 class Phase:
-    """One optimisation phase: SGD over ``parameters`` for ``epochs`` on the real images of
+    """One optimisation phase: SGD (or Adam, ``optimizer``) over ``parameters`` for ``epochs`` on the real images of
     ``classes``; lr divided by ``1/lr_decay`` at each milestone epoch; ``loss(x, y)`` returns
     the weighted terms, summed by the engine. ``train_backbone=False`` keeps the whole model in
     eval mode (BatchNorm statistics frozen).
@@ -71,6 +71,7 @@ class Phase:
     batches: Callable[[torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
     num_batches: Callable[[], int] | None = None  # batches per epoch of ``batches``
     weight_decay: float | None = None  # None: the run's ``weight_decay``
+    optimizer: str = "sgd"  # "sgd" (momentum: the run's ``momentum``) or "adam" (betas 0.9, 0.999), as the authors ran the phase
 
 
 class Method:
