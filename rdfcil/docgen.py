@@ -17,6 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TABLE = ROOT / "figures" / "digits" / "reproduction.md"
+# The committed accuracy benchmarks (``make bench-accuracy``): dataset -> its table's folder.
+BENCHES = {"digits": ROOT / "figures" / "bench" / "digits-quick",
+           "fashion-mnist": ROOT / "figures" / "bench" / "fashion-mnist-quick"}
+BENCH_TITLES = {"digits": "digits", "fashion-mnist": "Fashion-MNIST"}
 
 # The families of the documentation's methods pages: key -> (page, title). A method names its
 # family in its class (``Method.family``); one whose family is none of these is listed with its
@@ -159,6 +163,65 @@ def demo_table() -> str:
     return DEMO_TABLE.read_text() if DEMO_TABLE.is_file() else "The demo table has not been generated.\n"
 
 
+def _mean_std(mean, std) -> str:
+    return "–" if mean is None else f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+
+def _benches() -> dict:
+    import json
+    return {d: json.loads((f / "accuracy.json").read_text()) for d, f in BENCHES.items()
+            if (f / "accuracy.json").is_file()}
+
+
+def bench_times() -> str:
+    """Every method's mean wall time per run (s) on each committed benchmark, and as a multiple
+    of Finetune's there (the frozen-backbone methods train the base task only)."""
+    from .methods import METHODS
+    benches = _benches()
+    if not benches:
+        return "No accuracy benchmark has been committed.\n"
+    lines = ["| method |" + "".join(f" {BENCH_TITLES[d]}: s per run | × Finetune |" for d in benches),
+             "|---|" + "---:|---:|" * len(benches)]
+    by_method = {d: {r["method"]: r for r in rows} for d, rows in benches.items()}
+    for name, cls in METHODS.items():
+        found = [by_method[d].get(name) for d in benches]
+        if not any(found):
+            continue
+        cells = []
+        for d, r in zip(benches, found):
+            base = by_method[d].get("finetune")
+            ratio = f"{r['seconds_mean'] / base['seconds_mean']:.2f}" if r and base and base["seconds_mean"] else "–"
+            cells.append(f" {r['seconds_mean']:.0f} | {ratio} |" if r else " – | – |")
+        lines.append(f"| {cls.label or name} |" + "".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def bench_table() -> str:
+    """Every method's final and average incremental accuracy (%, mean ± std over the runs) on
+    each committed benchmark (:data:`BENCHES`, ``accuracy.json`` as ``bench-accuracy`` writes
+    it), a column pair per dataset, with the classifier and each benchmark's provenance line."""
+    from .methods import METHODS
+    benches = _benches()
+    if not benches:
+        return "No accuracy benchmark has been committed.\n"
+    head = "| method | family | classifier |" + "".join(f" final, {BENCH_TITLES[d]} | avg. incr., {BENCH_TITLES[d]} |"
+                                                    for d in benches)
+    lines = [head, "|---|---|---|" + "---:|---:|" * len(benches)]
+    by_method = {d: {r["method"]: r for r in rows} for d, rows in benches.items()}
+    for name, cls in METHODS.items():
+        found = [by_method[d].get(name) for d in benches]
+        if not any(found):
+            continue
+        classifier = next(r["classifier"] for r in found if r)
+        cells = "".join(f" {_mean_std(r['final_mean'], r['final_std'])} | {_mean_std(r['avg_mean'], r['avg_std'])} |"
+                        if r else " – | – |" for r in found)
+        lines.append(f"| {cls.label or name} | {cls.family or 'other'} | {_text(classifier)} |{cells}")
+    runs = {d: sorted({r["over"] for r in rows}) for d, rows in benches.items()}
+    notes = [f"{BENCH_TITLES[d]} ({rows[0]['split']}, {', '.join(runs[d])}): {rows[0]['provenance']}"
+             for d, rows in benches.items()]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+
+
 # --------------------------------------------------------------------------- filling pages
 
 def part(name: str, prefix: str = "") -> str:
@@ -167,6 +230,7 @@ def part(name: str, prefix: str = "") -> str:
         return family_section(name.split()[1:])
     parts = {"methods": lambda: methods_table(prefix), "other-methods": other_methods, "config": config_table,
              "departures": departure_table, "cli": cli_reference, "results": demo_table,
+             "bench": bench_table, "bench times": bench_times,
              "contributing": contributing}
     if name not in parts:
         raise KeyError(f"unknown generated part '{name}'")

@@ -4,6 +4,7 @@ rendered as they are (no execution here: ``make docs`` renders executed copies).
 
 import functools
 import http.server
+import json
 import logging
 import os
 import shutil
@@ -144,3 +145,21 @@ def test_a_new_method_appears_on_its_family_page_or_the_overview(monkeypatch):
     assert ("| Toy NCM | `toy-ncm` | [statistics](docs/methods/statistics.md) | Nearest class mean on frozen features. | "
             "Nearest class mean on frozen features. |") in table
     assert "| Toy other | `toy-other` | other | A method that names no family. |" in table
+
+
+def test_the_bench_tables_put_each_dataset_beside_the_others(monkeypatch, tmp_path):
+    from rdfcil import docgen
+    row = lambda m, final, std, avg, s, c: {"method": m, "split": "5 × 2", "over": "3 seeds", "final_mean": final,  # noqa: E731
+                                            "final_std": std, "avg_mean": avg, "avg_std": 1.0, "seconds_mean": s,
+                                            "classifier": c, "provenance": "Made at commit abc."}
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "accuracy.json").write_text(json.dumps([row("finetune", 19.444, 0.5, 45.0, 100.0, "linear head"),
+                                                              row("fecam", 54.26, None, 69.25, 25.0, "FeCAM (Mahalanobis)")]))
+    monkeypatch.setattr(docgen, "BENCHES", {"digits": tmp_path / "d", "fashion-mnist": tmp_path / "absent"})
+    table = docgen.bench_table().splitlines()
+    assert table[0] == "| method | family | classifier | final, digits | avg. incr., digits |"
+    assert table[2] == "| Finetune | bound | linear head | 19.44 ± 0.50 | 45.00 ± 1.00 |"
+    assert table[3] == "| FeCAM | statistics | FeCAM (Mahalanobis) | 54.26 | 69.25 ± 1.00 |"
+    assert table[-1] == "digits (5 × 2, 3 seeds): Made at commit abc."
+    times = docgen.bench_times().splitlines()
+    assert times[2:] == ["| Finetune | 100 | 1.00 |", "| FeCAM | 25 | 0.25 |"]

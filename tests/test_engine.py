@@ -6,22 +6,25 @@ import sys
 
 import pytest
 
-from rdfcil import paper, run
+from rdfcil import run
 from rdfcil.config import resolve
 from rdfcil.errors import RdfcilError
-from conftest import TEST_DEVICE
+from conftest import TEST_DEVICE, shared_demo_configs
 
 QUICK = {"dataset": "digits", "preset": "quick", "tasks": 5, "seed": 0, "progress": False, "device": TEST_DEVICE}
-# The notebooks' digits budget (30 epochs, 200 inversion steps): the quick preset's 200 epochs are a
-# benchmark (bench-accuracy), not a test.
-BUDGET = paper.defaults("digits")["overrides"]
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo's configs by method, in the run folders the demo test and the notebooks share: the
+    notebooks' digits budget (30 epochs, 200 inversion steps; the quick preset's 200 epochs are a
+    benchmark, bench-accuracy, not a test)."""
+    return {c.method: c for c in shared_demo_configs(tmp_path_factory.mktemp("runs"))}
 
 
 @pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("runs")
-    return {m: run(resolve({**QUICK, **BUDGET, "method": m, "out": str(base / m)}))
-            for m in ("finetune", "joint", "rdfcil")}
+def quick_runs(demo):
+    """The demo's Finetune, Joint and R-DFCIL runs (trained here unless the demo test or a notebook
+    already trained them: the numbers are the same either way)."""
+    return {m: run(demo[m]) for m in ("finetune", "joint", "rdfcil")}
 
 
 def test_joint_beats_finetune_and_finetune_forgets(quick_runs):
@@ -72,9 +75,9 @@ def test_results_json_holds_every_field(quick_runs, tmp_path):
     assert os.path.isfile(f"{folder}/config.yaml") and os.path.isfile(f"{folder}/history.json")
 
 
-def test_finished_run_is_reused_not_retrained(quick_runs):
+def test_finished_run_is_reused_not_retrained(quick_runs, demo):
     ft = quick_runs["finetune"]
-    again = run(resolve({**QUICK, **BUDGET, "method": "finetune", "out": ft.config["out"]}))
+    again = run(resolve({**ft.config}))
     assert again.data == ft.data
 
 
