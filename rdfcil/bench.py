@@ -20,14 +20,14 @@ def sweep(dataset: str, methods, seeds, out: str | Path, overrides: dict | None 
           force: bool = False, jobs: int | None = None, protocol: str = "half-base") -> list[Results]:
     """Run (or reuse) each method with each seed; returns every run's results. ``jobs``: runs
     at a time per device as separate processes (``rdfcil.sweep``); 0: one after another here.
-    ``protocol`` "cold-start": every task count of the dataset's cold-start plan in equal tasks, with
-    its backbone and schedule under ``overrides`` (``paper.COLD_START``); "half-base": the runs
-    as configured (``overrides`` and the preset)."""
+    ``protocol`` "cold-start": every task count of the dataset's cold-start plan (or the one of
+    ``overrides``) in equal tasks, with its backbone and schedule under ``overrides``
+    (``paper.COLD_START``); "half-base": the runs as configured (``overrides`` and the preset)."""
     from .paper import defaults, protocol_values
     out = Path(out)
     extra = protocol_values(dataset, protocol)
-    splits = [{}] if protocol == "half-base" else [
-        {"num_tasks": t, "first_task_classes": None} for t in defaults(dataset, protocol)["task_counts"]]
+    counts = [overrides["num_tasks"]] if "num_tasks" in (overrides or {}) else defaults(dataset, protocol)["task_counts"]
+    splits = [{}] if protocol == "half-base" else [{"num_tasks": t, "first_task_classes": None} for t in counts]
     configs = [resolve({**extra["overrides"], **(overrides or {}), **split, "dataset": dataset, "method": m,
                         "seed": s})
                for split in splits for m in methods for s in seeds]

@@ -62,6 +62,8 @@ def test_bench_sweep_runs_every_cold_start_task_count(monkeypatch, tmp_path):
     configs = bench.sweep("cifar100", ["rdfcil"], [0], tmp_path, {"preset": "paper"}, protocol="cold-start")
     assert [(c.num_tasks, c.first_task_classes, c.backbone, c.epochs) for c in configs] == \
         [(10, None, "resnet18", 100), (20, None, "resnet18", 100)]
+    assert [c.num_tasks for c in bench.sweep("cifar100", ["rdfcil"], [0], tmp_path, {"preset": "paper", "num_tasks": "20"},
+                                             protocol="cold-start")] == [20]
     assert bench.sweep("digits", ["finetune"], [0], tmp_path, {"preset": "quick"})[0].num_tasks == 5
 
 
