@@ -79,14 +79,18 @@ def command_run(args, extra) -> None:
 
 def command_bench_accuracy(args, extra) -> None:
     from .bench import bench_accuracy
+    from .paper import check_protocol
+    check_protocol(args.protocol)
     overrides = split_overrides(extra)
     overrides.setdefault("preset", args.preset)
-    out = args.out or f"runs/bench-accuracy/{args.dataset}-{args.preset}"
+    cold = "-cold-start" if args.protocol == "cold-start" else ""
+    out = args.out or f"runs/bench-accuracy/{args.dataset}-{args.preset}{cold}"
     methods = args.methods or list(method_names())
     for m in methods:
         if m not in method_names():
             raise RdfcilError(f"unknown method '{m}'; valid methods: {', '.join(method_names())}")
-    table, paths = bench_accuracy(args.dataset, args.seeds, out, methods, overrides, args.force, args.jobs)
+    table, paths = bench_accuracy(args.dataset, args.seeds, out, methods, overrides, args.force, args.jobs,
+                                  args.protocol)
     print(table)
     print("written: " + ", ".join(str(p) for p in paths.values()))
 
@@ -122,6 +126,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", nargs="+")
     b.add_argument("--out")
     b.add_argument("--force", action="store_true")
+    b.add_argument("--protocol", default="half-base",
+                   help="half-base (the runs as configured, the default) or cold-start (the dataset's cold-start "
+                        "plan: equal tasks, 10 and 20 on cifar100 with the published comparison's backbone and "
+                        "schedule, 5 on digits and fashion-mnist)")
     b.add_argument("--jobs", type=int, help="runs at a time per device, each its own process (default: on the "
                                             "CPU as many as the cores hold at each run's thread count, --threads "
                                             "or 1; 4 per GPU; 0: one after another in this process); the numbers "

@@ -76,10 +76,10 @@ BEYOND: list[dict] = [
     _record("fecam", FECAM_CLASSIFIER, 50, 6, 70.9, FECAM_POSTER + "; last: the paper's Table 3, second-hand",
             RESNET18, last=62.1),
     _record("fecam", FECAM_CLASSIFIER, 50, 11, 70.8, FECAM_POSTER, RESNET18),
-    _record("fecam", FECAM_CLASSIFIER, None, 10, 52.53, "EFC++ (arXiv 2503.10439) Table 2, second-hand",
-            "cold start (10 equal tasks), ResNet-18, EFC++'s re-run", last=37.63),
-    _record("fecam", FECAM_CLASSIFIER, None, 10, 48.3, "AdaGauss (NeurIPS 2024) Table 1, second-hand",
-            "cold start (10 equal tasks), ResNet-18, AdaGauss's re-run", last=32.4),
+    {**_record("fecam", FECAM_CLASSIFIER, None, 10, 52.53, "EFC++ (arXiv 2503.10439) Table 2, second-hand",
+               "cold start (10 equal tasks), ResNet-18, EFC++'s re-run", last=37.63), "setting": "cold-start"},
+    {**_record("fecam", FECAM_CLASSIFIER, None, 10, 48.3, "AdaGauss (NeurIPS 2024) Table 1, second-hand",
+               "cold start (10 equal tasks), ResNet-18, AdaGauss's re-run", last=32.4), "setting": "cold-start"},
     _record("fetril", SVM_CLASSIFIER, 50, 6, 65.38, PYCIL_FETRIL + ", SVM", None),
     _record("fetril", SVM_CLASSIFIER, 50, 11, 65.10, PYCIL_FETRIL + ", SVM", None),
     _record("fetril", SVM_CLASSIFIER, 40, 61, 61.72, PYCIL_FETRIL + ", SVM", None),
@@ -116,12 +116,49 @@ BEYOND += [
      "avg_std": 0.252, "last_std": 0.330},
     {**_record("dsal", DUAL_STREAM_CLASSIFIER, 50, 26, 71.277, ANALYTIC_README, ANALYTIC_REPO_PROTOCOL,
                last=64.043), "avg_std": 0.251, "last_std": 0.184},
-    _record("acil", ANALYTIC_CLASSIFIER, None, 10, 50.53, "DPCR (ICML 2025) Table 1, second-hand",
-            "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)", last=35.53),
-    _record("dsal", DUAL_STREAM_CLASSIFIER, None, 10, 51.47, "DPCR (ICML 2025) Table 1, second-hand",
-            "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)", last=36.83),
-    _record("dsal", DUAL_STREAM_CLASSIFIER, None, 10, 54.9, "AdaGauss (NeurIPS 2024) Table 1, second-hand",
-            "cold start (10 equal tasks), AdaGauss's re-run (its backbone and schedule)", last=40.8),
+    {**_record("acil", ANALYTIC_CLASSIFIER, None, 10, 50.53, "DPCR (ICML 2025) Table 1, second-hand",
+               "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)", last=35.53),
+     "setting": "cold-start"},
+    {**_record("dsal", DUAL_STREAM_CLASSIFIER, None, 10, 51.47, "DPCR (ICML 2025) Table 1, second-hand",
+               "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)", last=36.83),
+     "setting": "cold-start"},
+    {**_record("dsal", DUAL_STREAM_CLASSIFIER, None, 10, 54.9, "AdaGauss (NeurIPS 2024) Table 1, second-hand",
+               "cold start (10 equal tasks), AdaGauss's re-run (its backbone and schedule)", last=40.8),
+     "setting": "cold-start"},
+]
+
+
+# The cold-start protocol (CIFAR-100 in 10 equal tasks, trained from scratch), where the exemplar-free
+# methods of 2024-25 are compared: last and average incremental accuracy as their papers give them,
+# every one second-hand (copied from the papers' tables). ``setting`` "cold-start" puts a record
+# first in a cold-start table (``published(..., protocol="cold-start")``); ``classifier`` None: the
+# method's own. Methods are keyed by their registry names, whether registered yet or not:
+# "efc", "efcpp" (EFC, EFC++), "ldc", "adc" (LwF + LDC, LwF + ADC), "lwfncm" (LDC's baseline: the
+# authors' LwF with a cosine head, classified by NCM on the prototypes).
+EFCPP_TABLE2 = "EFC++ (Magistri et al., arXiv 2503.10439) Table 2, second-hand"
+EFC_TABLE1 = "EFC (Magistri et al., ICLR 2024) Table 1, second-hand"
+LDC_TABLE1 = "LDC (Gomez-Villa et al., ECCV 2024) Table 1, 5 seeds, second-hand"
+DPCR_TABLE1 = "DPCR (ICML 2025) Table 1, second-hand"
+COLD_EFC = "cold start (10 equal tasks), ResNet-18, the EFC code's schedule (Adam, self-rotation) and class order"
+COLD_EFCPP_RERUN = "cold start (10 equal tasks), ResNet-18, EFC++'s re-run"
+COLD_LDC = "cold start (10 equal tasks), ResNet-18, the LDC code's LwF schedule (SGD, AutoAugment)"
+COLD_DPCR = "cold start (10 equal tasks), DPCR's re-run (its backbone and schedule)"
+
+
+def _cold(method, classifier, tasks, last, avg, source, protocol):
+    return {**_record(method, classifier, None, tasks, avg, source, protocol, last=last), "setting": "cold-start"}
+
+
+BEYOND += [
+    _cold("rdfcil", None, 10, 42.14, 57.77, EFCPP_TABLE2, COLD_EFCPP_RERUN),
+    _cold("abd", None, 10, 43.11, 59.14, EFCPP_TABLE2, COLD_EFCPP_RERUN),
+    _cold("efcpp", None, 10, 47.52, 61.57, EFCPP_TABLE2, COLD_EFC),
+    _cold("efc", None, 10, 43.62, 58.58, EFC_TABLE1, COLD_EFC),
+    _cold("fetril", SVM_CLASSIFIER, 10, 34.94, 51.20, EFC_TABLE1 + " (EFC's re-run; its classifier not stated, "
+          "FeTrIL's LinearSVC assumed)", "cold start (10 equal tasks), ResNet-18, EFC's re-run"),
+    _cold("lwfncm", None, 10, 40.5, 56.2, LDC_TABLE1 + " (LwF + NCM)", COLD_LDC),
+    _cold("ldc", None, 10, 45.4, 59.5, LDC_TABLE1 + " (LwF + LDC)", COLD_LDC),
+    _cold("adc", None, 10, 46.80, 62.05, DPCR_TABLE1 + " (LwF + ADC)", COLD_DPCR),
 ]
 
 
@@ -140,20 +177,33 @@ def published_records(dataset: str, method: str, num_tasks: int, first_task_clas
     the lab's protocol first; ``classifier`` keeps only that classifier's."""
     first = _split(dataset, num_tasks, first_task_classes)
     found = [dict(r) for r in BEYOND if (r["dataset"], r["method"], r["num_tasks"], r["first_task_classes"]) ==
-             (dataset, method, num_tasks, first) and classifier in (None, r["classifier"])]
+             (dataset, method, num_tasks, first) and (r["classifier"] is None or classifier in (None, r["classifier"]))]
     return sorted(found, key=lambda r: r["protocol"] is not None)
 
 
 def published(dataset: str, method: str, num_tasks: int, first_task_classes: int | None = None,
-              classifier: str | None = None) -> dict | None:
+              classifier: str | None = None, protocol: str = "half-base") -> dict | None:
     """The published ``{"avg", "last", "last_std", "source"}`` of a setting, or None; for the
     frozen-backbone methods also ``classifier`` and ``protocol`` (None: the lab's protocol;
     otherwise how it differs), the lab's protocol preferred (:data:`BEYOND`).
 
     ``first_task_classes`` None (or the equal share ``classes / num_tasks``) means an equal split.
     ``classifier``: only a number that this classifier made (FeTrIL's LinearSVC or fc head).
+    ``protocol`` "cold-start" (the runs of ``plan(..., protocol="cold-start")``): the cold-start
+    records first (``setting``), and a number of the lab's own setting (ResNet-32, the method's
+    schedule) marked as another setting where the cold-start plan changes the backbone and schedule.
     """
+    check_protocol(protocol)
     first = _split(dataset, num_tasks, first_task_classes)
+    if protocol == "cold-start":
+        cold = [r for r in published_records(dataset, method, num_tasks, first, classifier)
+                if r.get("setting") == "cold-start"]
+        if cold:
+            return {k: cold[0][k] for k in ("avg", "last", "last_std", "source", "classifier", "protocol")}
+        found = published(dataset, method, num_tasks, first, classifier)
+        if found and not found.get("protocol") and COLD_START.get(dataset, {}).get("overrides"):
+            found["protocol"] = COLD_START_ELSEWHERE
+        return found
     found = PUBLISHED.get((dataset, first, num_tasks, method))
     if found:
         return dict(found)
@@ -161,6 +211,15 @@ def published(dataset: str, method: str, num_tasks: int, first_task_classes: int
     if not records:
         return None
     return {k: records[0][k] for k in ("avg", "last", "last_std", "source", "classifier", "protocol")}
+
+
+def published_in(protocol: str):
+    """:func:`published` for the runs of ``protocol`` (half-base or cold-start), as
+    ``tables.summary_rows`` and ``viz.accuracy_curves`` call it: ``(dataset, method, num_tasks,
+    first_task_classes, classifier=None)``."""
+    import functools
+    check_protocol(protocol)
+    return functools.partial(published, protocol=protocol)
 
 
 # --------------------------------------------------------------------------- notebook parameters
@@ -242,20 +301,93 @@ DEFAULTS = {
 }
 
 
-def defaults(dataset: str) -> dict:
+# --------------------------------------------------------------------------- protocols
+
+# "half-base": the plans above (R-DFCIL's tables: half the classes in the first task on the paper
+# datasets). "cold-start": equal tasks from scratch, where the exemplar-free methods of 2024-25
+# are compared (EFC, EFC++, LDC, ADC): CIFAR-100 in 10 and 20 tasks with the backbone and
+# schedule of that comparison (:data:`COLD_START_CIFAR100`), digits and Fashion-MNIST in 5 equal
+# tasks (their half-base plans already are), the ImageNet-style datasets in 10 and 20 equal tasks
+# at their paper preset (the EFC code's scripts run these counts; its backbone and schedule are
+# expressed for CIFAR-100 only).
+PROTOCOLS = ("half-base", "cold-start")
+
+# The EFC / EFC++ code's CIFAR-100 setting (simomagi/elastic_feature_consolidation,
+# utilities/parse_utils.py, continual_learning/utils/OptimizerManager.py, models/resnet18.py,
+# dataset/dataset_utils.py, scripts/experiments_efcplus.sh), in which EFC++'s Table 2 compares
+# R-DFCIL, ABD, FeCAM, EFC and EFC++: what the lab's keys express.
+COLD_START_CIFAR100 = dict(backbone="resnet18", resnet_variant="standard", epochs=100, milestones=[45, 90],
+                           batch_size=64, weight_decay=2e-4)
+COLD_START_NOTES = (
+    "cold start: the EFC / EFC++ code's CIFAR-100 setting (utilities/parse_utils.py, utils/OptimizerManager.py): "
+    "equal tasks from scratch; its ResNet-18 with a 3x3 stride-1 stem, no max-pool, a ReLU after every addition "
+    "and 1x1-conv shortcuts (backbone resnet18, resnet_variant standard), 100 epochs per task, batch 64, weight "
+    "decay 2e-4, lr milestones 45 and 90. Not expressible in the lab: its Adam (lr 1e-3 on the first task, a "
+    "constant 1e-4 on the others; each method keeps its own optimiser and learning rates here), the self-rotation "
+    "auxiliary head of the first task, BatchNorm frozen in the incremental tasks (where a method does not freeze "
+    "it itself), Pad(4) + RandomResizedCrop(32) augmentation (the lab's padded random crop), and the class order "
+    "that its code draws from the seed (random.shuffle; the lab's published orders here). How EFC++ re-ran "
+    "R-DFCIL, ABD and FeCAM beyond backbone and split is not in the lab's sources: each keeps its paper values "
+    "for every other key (refinement epochs included)")
+# A published number of the lab's own setting, shown in a cold-start table.
+COLD_START_ELSEWHERE = "the paper's own equal split (ResNet-32 and the method's published schedule)"
+
+COLD_START = {
+    "digits": {"task_counts": [5]},
+    "fashion-mnist": {"task_counts": [5]},
+    "cifar100": {"task_counts": [10, 20], "seeds": [1], "class_orders": [0, 1, 2], "preset": "paper",
+                 "overrides": COLD_START_CIFAR100, "notes": COLD_START_NOTES, "tag": "cold"},
+    "tiny-imagenet200": {"task_counts": [10, 20], "seeds": [1], "class_orders": [0, 1, 2], "preset": "paper"},
+    "imagenet100": {"task_counts": [10, 20], "seeds": [1], "preset": "paper"},
+}
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of :data:`PROTOCOLS`, else a one-line :class:`RdfcilError`."""
+    if protocol not in PROTOCOLS:
+        raise RdfcilError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    return protocol
+
+
+def cold_start_methods() -> list[str]:
+    """The registered methods with a published cold-start number (:data:`BEYOND`), in registry order."""
+    from .config import method_names
+    cold = {r["method"] for r in BEYOND if r.get("setting") == "cold-start"}
+    return [m for m in method_names() if m in cold]
+
+
+def protocol_values(dataset: str, protocol: str) -> dict:
+    """What ``protocol`` sets on top of a run's preset: ``overrides`` (config keys), ``notes`` (added
+    to the preset's notes) and ``tag`` (in the run folder's name); empty for half-base."""
+    check_protocol(protocol)
+    plan_ = COLD_START.get(dataset, {}) if protocol == "cold-start" else {}
+    return {"overrides": dict(plan_.get("overrides", {})), "notes": plan_.get("notes", ""), "tag": plan_.get("tag", "")}
+
+
+def defaults(dataset: str, protocol: str = "half-base") -> dict:
     """A copy of the default reproduction plan of ``dataset`` (see :data:`DEFAULTS`); a dataset
-    without one runs every method on an equal 5-task split, seed 0, at its default preset."""
+    without one runs every method on an equal 5-task split, seed 0, at its default preset.
+    ``protocol`` "cold-start": equal tasks (:data:`COLD_START`); on CIFAR-100 every registered method
+    with a published cold-start number (:func:`cold_start_methods`)."""
     import copy
     from .config import method_names
     from .data import dataset_spec
     spec = dataset_spec(dataset)  # the one-line error for an unknown dataset
     generic = {"methods": list(method_names()), "task_counts": [5], "seeds": [0], "first_task_classes": None,
                "preset": spec.default_preset, "overrides": {}}
-    return {"class_orders": [0], **copy.deepcopy(DEFAULTS.get(dataset, generic))}
+    plan_ = {"class_orders": [0], **copy.deepcopy(DEFAULTS.get(dataset, generic))}
+    if check_protocol(protocol) == "cold-start":
+        cold = COLD_START.get(dataset, {"task_counts": [10, 20]})
+        plan_.update({k: copy.deepcopy(cold[k]) for k in ("task_counts", "seeds", "class_orders", "preset") if k in cold})
+        plan_["first_task_classes"] = None
+        if dataset == "cifar100":
+            plan_["methods"] = cold_start_methods()
+    return plan_
 
 
 def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_classes="default", preset=None,
-         overrides=None, out_dir: str = "runs/notebooks", class_orders=None, **keys) -> list:
+         overrides=None, out_dir: str = "runs/notebooks", class_orders=None, protocol: str = "half-base",
+         tag: str | None = None, **keys) -> list:
     """The validated configs of a reproduction: every task count x method x class order x seed.
     The repeats of the paper datasets' default plans are the published ones: class orders 0-2 at
     seed 1 (see :data:`DEFAULTS`); ``class_orders=[0]`` with ``seeds=[0, 1, 2]`` repeats over
@@ -264,13 +396,21 @@ def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_cl
     ``None`` (and ``first_task_classes="default"``) take the dataset's default from
     :data:`DEFAULTS`; ``first_task_classes=None`` is an equal split. ``keys`` are further
     config keys for every run (``data_root``, ``device``, ...). Each run folder is
-    ``analysis.run_folder(out_dir, config)``. Every config, split included, is checked before
+    ``analysis.run_folder(out_dir, config, tag)``. Every config, split included, is checked before
     any run starts, so a wrong value stops with one line before anything is trained.
+
+    ``protocol``: "half-base" (the default plans above) or "cold-start" (:data:`COLD_START`: equal
+    tasks; on CIFAR-100 10 and 20 of them, every method with a published cold-start number, and the
+    backbone and schedule of :data:`COLD_START_CIFAR100`, which ``overrides`` and ``keys`` can still
+    change; its notes are added to each config's ``notes``). ``tag`` (default: the protocol's,
+    ``cold`` on CIFAR-100) goes into the run folders' names.
     """
     from .analysis import project_path, run_folder
     from .config import resolve
     from .data import class_order, dataset_spec, task_sizes
-    plan_ = defaults(dataset)
+    plan_ = defaults(dataset, protocol)
+    extra = protocol_values(dataset, protocol)
+    tag = extra["tag"] if tag is None else tag
     methods = parse_param("methods", methods, list, str)
     task_counts = parse_param("task_counts", task_counts, list, int)
     seeds = parse_param("seeds", seeds, list, int)
@@ -285,12 +425,14 @@ def plan(dataset: str, methods=None, task_counts=None, seeds=None, first_task_cl
         for method in methods or plan_["methods"]:
             for order in class_orders or plan_["class_orders"]:
                 for seed in seeds or plan_["seeds"]:
-                    config = resolve({**budget, **keys, "dataset": dataset, "method": method, "num_tasks": num_tasks,
-                                      "first_task_classes": first, "seed": seed, "class_order": order,
-                                      "preset": preset or plan_["preset"]})
+                    config = resolve({**extra["overrides"], **budget, **keys, "dataset": dataset, "method": method,
+                                      "num_tasks": num_tasks, "first_task_classes": first, "seed": seed,
+                                      "class_order": order, "preset": preset or plan_["preset"]})
                     task_sizes(dataset_spec(dataset).num_classes, config.num_tasks, config.first_task_classes)
                     class_order(dataset, dataset_spec(dataset).num_classes, config.class_order)  # a valid order
-                    config.out = str(run_folder(out_dir, config))
+                    if extra["notes"]:
+                        config.notes = "; ".join(n for n in (config.notes, extra["notes"]) if n)
+                    config.out = str(run_folder(out_dir, config, tag))
                     configs.append(config)
     return configs
 

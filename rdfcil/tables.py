@@ -32,6 +32,17 @@ def method_rank(method: str) -> int:
     return METHODS[method].rank if method in METHODS else 99
 
 
+# The families of the methods' ``family`` attribute, in the order of figures and legends.
+FAMILIES = ("bound", "inversion", "statistics", "analytic", "drift")
+
+
+def method_family(method: str) -> str:
+    """A method's family, its class attribute ``family`` (one of :data:`FAMILIES`); ``other`` for a
+    name that is not registered or has no family."""
+    from .methods import METHODS
+    return getattr(METHODS.get(method), "family", "") or "other"
+
+
 def split_label(num_tasks: int, first_task_classes: int | None, num_classes: int) -> str:
     """``5 × 2`` for an equal split, ``50 + 5 × 10`` for a base task and equal steps."""
     if not first_task_classes or first_task_classes * num_tasks == num_classes:
@@ -82,6 +93,26 @@ def summary_rows(results, published=None) -> list[dict]:
             "classifier": classifier, "paper_protocol": paper.get("protocol"),
         })
     return rows
+
+
+def family_rows(results, published=None) -> list[dict]:
+    """The points of the families figure (``viz.families_vs_tasks``): :func:`summary_rows` with each
+    row's ``family`` (:func:`method_family`), for the runs of one dataset and one kind of split (all
+    equal splits, or all the same first task), so that the number of tasks is the only thing that
+    changes along a line. Stops with a one-line :class:`RdfcilError` on runs of several datasets or
+    kinds of split, or on none."""
+    from .errors import RdfcilError
+    rows = summary_rows(results, published)
+    if not rows:
+        raise RdfcilError("no finished runs to compare")
+    datasets = sorted({r["dataset"] for r in rows})
+    if len(datasets) > 1:
+        raise RdfcilError(f"the runs are of several datasets ({', '.join(datasets)}); pass the runs of one")
+    kinds = sorted({"equal tasks" if r["split"].count("+") == 0 else f"{r['first_task_classes']} base classes"
+                    for r in rows})
+    if len(kinds) > 1:
+        raise RdfcilError(f"the runs mix kinds of split ({', '.join(kinds)}); pass the runs of one protocol")
+    return [dict(r, family=method_family(r["method"]), split_kind=kinds[0]) for r in rows]
 
 
 def repeats_over(seeds, orders) -> str:

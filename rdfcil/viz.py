@@ -943,3 +943,65 @@ def split_accuracy(results: Mapping[int, Mapping[str, Sequence]], num_classes: i
         ax.legend(loc="lower left")
         ax.set_title(title or "the analytic head after the same base task, split into T incremental tasks")
     return _finish(fig, save)
+
+
+# --------------------------------------------------------------------------- the families side by side
+
+# A colour per family (``tables.FAMILIES``); the methods of a family differ by marker and line style.
+FAMILY_COLORS = {"bound": "#777777", "inversion": "#4477AA", "statistics": "#228833", "analytic": "#AA3377",
+                 "drift": "#EE6677", "other": "#000000"}
+_MARKERS, _DASHES = "osD^vP<>", ("-", "--", ":", "-.")
+
+
+def families_vs_tasks(rows: Sequence[Mapping], title: str | None = None, save=None) -> Figure:
+    """Final and average incremental accuracy (two panels) against the number of tasks: a line per
+    method (per classifier where a method has several) with a ± std bar over its runs, coloured by
+    family (:data:`FAMILY_COLORS`), methods of one family told apart by marker and line style;
+    published numbers, where the rows carry them, as hollow markers of the method's. ``rows``:
+    :func:`rdfcil.tables.family_rows` (one dataset, one kind of split)."""
+    from .tables import FAMILIES
+    lines: dict = {}
+    for r in rows:
+        lines.setdefault((r["method"], r.get("classifier") or "linear head"), []).append(r)
+    order = list(FAMILIES) + ["other"]
+    keys = sorted(lines, key=lambda k: (order.index(lines[k][0]["family"]) if lines[k][0]["family"] in order
+                                        else len(order), method_rank(k[0]), k))
+    several = {m for m, _ in keys if sum(1 for n, _ in keys if n == m) > 1}
+    rank_in_family: dict = {}
+    counts = sorted({r["num_tasks"] for r in rows})
+    with style():
+        fig = new_figure(8.4, 3.2)
+        axes = fig.subplots(1, 2)
+        published_shown = False
+        for method, classifier in keys:
+            points = sorted(lines[(method, classifier)], key=lambda r: r["num_tasks"])
+            family = points[0]["family"]
+            i = rank_in_family.setdefault(family, {}).setdefault((method, classifier), len(rank_in_family[family]))
+            color, marker, dash = FAMILY_COLORS.get(family, "#000000"), _MARKERS[i % 8], _DASHES[i % 4]
+            label = method_label(method) + (f" ({classifier})" if method in several else "") + f" · {family}"
+            x = [r["num_tasks"] for r in points]
+            for ax, (mean, std, paper) in zip(axes, (("final_mean", "final_std", "paper_last"),
+                                                     ("avg_mean", "avg_std", "paper_avg"))):
+                ax.errorbar(x, [r[mean] for r in points], yerr=[r[std] or 0 for r in points], color=color,
+                            marker=marker, ls=dash, capsize=2, label=label, gid=f"{method}|{classifier}|{family}")
+                published_points = [(r["num_tasks"], r[paper]) for r in points if r.get(paper) is not None]
+                if published_points:
+                    px, py = zip(*published_points)
+                    ax.plot(px, py, marker=marker, ms=8, mfc="white", mec=color, mew=1.3, ls="none",
+                            gid=f"published|{method}|{classifier}")
+                    published_shown = True
+        for ax, name in zip(axes, ("final accuracy (%)", "average incremental accuracy (%)")):
+            ax.set_xlabel("number of tasks")
+            ax.set_ylabel(name)
+            ax.set_xticks(counts)
+            ax.set_ylim(0, 102)
+        handles, labels = axes[0].get_legend_handles_labels()
+        if published_shown:
+            from matplotlib.lines import Line2D
+            handles.append(Line2D([], [], marker="o", ms=8, mfc="white", mec="grey", ls="none"))
+            labels.append("published (hollow)")
+        fig.legend(handles, labels, loc="outside right center")
+        dataset = rows[0]["dataset"] if rows else ""
+        fig.suptitle(title or f"{dataset}, {rows[0].get('split_kind', 'one split') if rows else ''}: "
+                              "the families against the number of tasks")
+    return _finish(fig, save)
