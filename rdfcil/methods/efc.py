@@ -145,7 +145,7 @@ class EFC(Method):
     ``E_t`` (:func:`efm_sum`) and the new classes' Gaussians (mean, covariance + 1e-5 I). Test
     images are classified by the linear head over every seen class."""
 
-    name, label, color, rank = "efc", "EFC", "#AA4499", 60
+    name, label, color, rank = "efc", "EFC", "#994455", 70
     family, citation = "drift", "Magistri et al., ICLR 2024"
     faithful = ("EFM regulariser (lambda 10, eta 0.1), PR-ACE on Gaussian prototypes, EFM-weighted drift update "
                 "(sigma 0.2), frozen BatchNorm and Adam as the authors' code; statistics on unaugmented images")

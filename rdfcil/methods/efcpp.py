@@ -40,7 +40,7 @@ class EFCPlusPlus(EFC):
 
     Test images are classified by the linear head over every seen class."""
 
-    name, label, color, rank = "efcpp", "EFC++", "#CC6677", 61
+    name, label, color, rank = "efcpp", "EFC++", "#EE8866", 71
     family, citation = "drift", "Magistri et al., arXiv 2503.10439, 2025"
     faithful = ("EFM regulariser with the new head alone, EFM-weighted drift update, head re-balancing on current "
                 "features and Gaussian samples (SGD lr 1e-3, 50 epochs, batch 256) as the authors' code; statistics "
