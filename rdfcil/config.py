@@ -806,3 +806,5 @@ def validate(c: Config) -> None:
     for name in ("efc_protobatch", "efcpp_balance_epochs", "efcpp_balance_batch"):
         _check(isinstance(getattr(c, name), int) and getattr(c, name) > 0,
                f"{name} must be a positive integer, got {getattr(c, name)!r}")
+    _check(not (c.graphs and c.method == "efc"), "graphs cannot capture EFC's step (PR-ACE splits each batch by a "
+           "random draw and replays the previous batch); run efc with graphs false")

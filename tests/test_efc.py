@@ -192,3 +192,33 @@ def test_a_tiny_digits_run_beats_chance_and_records_the_loss_terms(tmp_path, met
     assert {name: set(values) for name, values in phases.items()} == terms
     assert phases["train"]["efm"][-1] > 0 and all(math.isfinite(v) for v in phases["train"]["ce"])
     assert results.classifier == "linear head"
+
+
+def test_incremental_steps_keep_batchnorm_and_efcpp_keeps_the_old_rows():
+    """BatchNorm statistics and affine parameters stay fixed in both methods' incremental phase;
+    EFC trains the old head rows, EFC++ leaves them exactly as they were (Adam's weight decay
+    included) and writes its new rows into the model's head."""
+    from rdfcil.data import load_benchmark
+    from rdfcil.engine import statistics_pass, train_phase
+    from rdfcil.nets import model_for
+    config = resolve({**TINY, "method": "efc", "epochs": 1, "train_per_class": 20, "batch_size": 16})
+    bench = load_benchmark(config, TEST_DEVICE)
+    for cls in (EFC, EFCPlusPlus):
+        torch.manual_seed(0)
+        model = model_for(config, bench.spec, TEST_DEVICE)
+        method = cls(config, model, bench.spec)
+        model.head.add_task(5)
+        statistics_pass(model, method, Task(0, bench.tasks[0], 2), bench, config)
+        method.old_model = frozen_copy(model)
+        model.head.add_task(5)
+        task = Task(1, bench.tasks[1], 2)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        train_phase(model, method.phases(task)[0], bench, config, torch.Generator().manual_seed(0), 1, None, None)
+        after = model.state_dict()
+        batchnorm = [f"{m}.{t}" for m, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)
+                     for t in ("weight", "bias", "running_mean", "running_var")]
+        assert len(batchnorm) > 20 and all(torch.equal(after[name], before[name]) for name in batchnorm)
+        assert not torch.equal(after["backbone.stem.0.weight"], before["backbone.stem.0.weight"])  # convolutions train
+        old_rows_same = torch.equal(after["head.padded_weight"][:5], before["head.padded_weight"][:5])
+        new_rows_same = torch.equal(after["head.padded_weight"][5:10], before["head.padded_weight"][5:10])
+        assert old_rows_same == (cls is EFCPlusPlus) and not new_rows_same, cls.name

@@ -155,6 +155,12 @@ class EFC(Method):
     classifier = "linear head"
     trains_old_heads = True  # EFC++: only the new head trains with the backbone
 
+    @classmethod
+    def vanishing_losses(cls, config, task_index: int, n_old: int, n_new: int) -> list[str]:
+        """The base class's, and the new head's cross-entropy of an incremental task of one class."""
+        lost = super().vanishing_losses(config, task_index, n_old, n_new)
+        return lost + (["ce (the new head's cross-entropy over its one class)"] if task_index and n_new == 1 else [])
+
     def __init__(self, config, model, spec):
         super().__init__(config, model, spec)
         d, device = model.feature_dim, model.device
