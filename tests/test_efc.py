@@ -115,7 +115,8 @@ def test_statistics_phases_and_losses_are_made_on_the_device(cls):
         method.statistics(task1, meta_batches, lambda t: t)
     if cls is EFCPlusPlus:
         assert method.train_x.device == META
-        method.end_task(task1)
+        method.end_task(task1)  # outside no_grad, as the engine calls it
+        assert not method.efm.requires_grad  # the next task's penalty must not reach into this task's head
     state = method.state_dict()
     assert state["means"].shape == (10, 64) and state["factors"].shape == (10, 64, 64)
     assert all(t.device == META for t in state.values())

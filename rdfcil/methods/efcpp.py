@@ -123,7 +123,7 @@ class EFCPlusPlus(EFC):
 
     def end_task(self, task: Task, progress_factory=None, check=None):
         if self.train_x is not None:
-            with exact(self.train_x.device):
+            with exact(self.train_x.device), torch.no_grad():
                 self.efm = (efm_sum(self.train_x, self.model.head.weight) / len(self.train_x)).float()
             self.train_x = self.train_y = None
         return super().end_task(task, progress_factory, check)
