@@ -17,7 +17,7 @@ from rdfcil.config import resolve
 from rdfcil.data import SPECS
 from rdfcil.engine import run
 from rdfcil.inversion import frozen_copy
-from rdfcil.methods import EFC, EFCPlusPlus, Task, build_method
+from rdfcil.methods import EFC, EFCPlusPlus, Task
 from rdfcil.methods.efc import (drift_weights, efm_loss, efm_sum, prace_split, prototype_drift, prototype_labels,
                                 rotated)
 from rdfcil.nets import build_model
@@ -109,8 +109,8 @@ def test_statistics_phases_and_losses_are_made_on_the_device(cls):
     # the losses' pieces (the lab's cross-entropies run under an fp32 autocast block, which meta has not)
     protos, labels = method.prototype_batch(5, 64, 10)
     assert protos.device == META and labels.device == META and protos.shape == (10, 64)
-    f = model.features(torch.empty(4, 1, 8, 8, device=META))
-    assert efm_loss(f, method.old_model.features(torch.empty(4, 1, 8, 8, device=META)), method.efm, 10.0, 0.1).device == META
+    x = torch.empty(4, 1, 8, 8, device=META)
+    assert efm_loss(model.features(x), method.old_model.features(x), method.efm, 10.0, 0.1).device == META
     with torch.no_grad():
         method.statistics(task1, meta_batches, lambda t: t)
     if cls is EFCPlusPlus:

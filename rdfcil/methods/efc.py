@@ -15,7 +15,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import losses as L
