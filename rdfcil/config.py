@@ -254,6 +254,32 @@ class Config:
         help="learning rate of FeTrIL's fc head on features (PyCIL)", unit="", paper=0.05))
     fetril_fc_weight_decay: float = field(default=5e-4, metadata=dict(
         help="weight decay of FeTrIL's fc head on features (PyCIL)", unit="", paper=5e-4))
+    # -- drift family: EFC, EFC++ --
+    efc_lamb: float = field(default=10.0, metadata=dict(
+        help="EFC's lambda: weight of the Empirical Feature Matrix in the feature-drift penalty", unit="",
+        paper=10.0))
+    efc_damping: float = field(default=0.1, metadata=dict(
+        help="EFC's eta: weight of the identity (isotropic drift penalty) added to lambda times the EFM", unit="",
+        paper=0.1))
+    efc_protoupdate: float | None = field(default=0.2, metadata=dict(
+        help="EFC's sigma of the EFM-weighted drift update of the old class means; none: means never move",
+        unit="", paper=0.2))
+    efc_protobatch: int = field(default=64, metadata=dict(
+        help="Gaussian prototype samples of old classes drawn per EFC step before the PR-ACE split",
+        unit="samples", paper=64))
+    efc_self_rotation: bool = field(default=True, metadata=dict(
+        help="EFC's base task also classifies the 90, 180 and 270 degree rotations of each image with an "
+             "auxiliary head (3 x base classes outputs)", unit="", paper=True))
+    efcpp_balance_epochs: int = field(default=50, metadata=dict(
+        help="epochs of EFC++'s head re-balancing on frozen features after each incremental task", unit="epochs",
+        paper=50))
+    efcpp_balance_lr: float = field(default=1e-3, metadata=dict(
+        help="SGD learning rate of EFC++'s head re-balancing (momentum: the run's momentum)", unit="", paper=1e-3))
+    efcpp_balance_batch: int = field(default=256, metadata=dict(
+        help="features (current and Gaussian samples) per step of EFC++'s head re-balancing", unit="features",
+        paper=256))
+    efcpp_balance_weight_decay: float = field(default=5e-4, metadata=dict(
+        help="weight decay of EFC++'s head re-balancing", unit="", paper=5e-4))
     # -- run --
     threads: int | None = field(default=None, metadata=dict(
         help="CPU threads the run computes with (torch.set_num_threads); none: PyTorch's default (OMP_NUM_THREADS, "
@@ -305,7 +331,9 @@ PUBLISHED_VARIANTS = dict(resnet_variant="published", head_init_std=0.001, crop_
                           rkd="angle", coverage_samples=2000, fecam_beta=0.5, fecam_alpha1=1.0, fecam_alpha2=1.0,
                           fecam_shrink_twice=True, fetril_classifier="svm", fetril_nearest="euclidean",
                           fetril_svm_c=1.0, fetril_svm_tol=1e-4, fetril_fc_epochs=50, fetril_fc_lr=0.05,
-                          fetril_fc_weight_decay=5e-4)
+                          fetril_fc_weight_decay=5e-4, efc_lamb=10.0, efc_damping=0.1, efc_protoupdate=0.2,
+                          efc_protobatch=64, efc_self_rotation=True, efcpp_balance_epochs=50, efcpp_balance_lr=1e-3,
+                          efcpp_balance_batch=256, efcpp_balance_weight_decay=5e-4)
 # fecam_tukey is not among them: its published value (power, x^0.5) is undefined on the published
 # ResNet's negative features; the presets take "signed" and say so (BASE_NOTES).
 
@@ -371,6 +399,10 @@ BASE_RECIPES = {
                   weight_decay=5e-4, batch_size=128),
     "fetril": dict(epochs=90, refinement_epochs=0, milestones=[30, 60], lr=0.1, lr_decay=0.1, momentum=0.9,
                    weight_decay=1e-4, batch_size=128),
+    # EFC's utils/OptimizerManager.py and utilities/parse_utils.py (CIFAR-100, Tiny-ImageNet): Adam in every
+    # task (the methods set Phase.optimizer), lr_incremental with no schedule, batch 64.
+    "efc": dict(epochs=100, refinement_epochs=0, milestones=[45, 90], lr=1e-3, lr_incremental=1e-4, lr_decay=0.1,
+                momentum=0.9, weight_decay=2e-4, batch_size=64),
 }
 BASE_NOTES = {
     "fecam": ("paper: FeCAM's base task (exps/FeCAM_*.json: 200 epochs, lr 0.1, weight decay 5e-4, batch 128) on "
@@ -391,6 +423,23 @@ BASE_NOTES = {
                "head (50 epochs, lr 0.05, weight decay 5e-4, on raw features; PyCIL anneals its lr by a cosine, "
                "constant here; PyCIL picks the nearest class by cosine similarity: fetril_nearest cosine)"),
 }
+EFC_NOT_EXPRESSED = (
+    "Not expressible in the lab: the authors' ResNet-18 (512-d features; the protocol's backbone here), their CIFAR "
+    "augmentation Pad(4) + RandomResizedCrop(32) + flip (the lab's padded random crop and flip), their task-end "
+    "passes (EFM, class Gaussians, drift) over augmented, shuffled training images with the last incomplete batch "
+    "dropped from the EFM (the lab's statistics pass reads every training image once, unaugmented)")
+BASE_NOTES["efc"] = (
+    "paper: EFC's code (utils/OptimizerManager.py, utilities/parse_utils.py): base task Adam lr 1e-3, weight decay "
+    "2e-4, milestones 45 and 90, 100 epochs, with the self-rotation head (efc_self_rotation); incremental tasks Adam "
+    "lr 1e-4, weight decay 2e-4, no schedule, 100 epochs, BatchNorm frozen (statistics and affine parameters); batch "
+    "64; lambda 10, eta 0.1, sigma 0.2, proto batch 64. " + EFC_NOT_EXPRESSED)
+BASE_NOTES["efcpp"] = (
+    "paper: EFC++'s code (ElasticFeatPlusPlus.py, utils/OptimizerManager.py, utilities/parse_utils.py): EFC's "
+    "schedule (base task Adam lr 1e-3, weight decay 2e-4, milestones 45 and 90, 100 epochs, self-rotation head; "
+    "incremental tasks Adam lr 1e-4 on the backbone and the new head only, 100 epochs, BatchNorm frozen; batch 64; "
+    "lambda 10, eta 0.1, sigma 0.2), then the head re-balancing: SGD lr 1e-3, momentum 0.9, weight decay 5e-4, 50 "
+    "epochs, batch 256. " + EFC_NOT_EXPRESSED + "; the re-balancing reads the current task's features once, "
+    "unaugmented (the authors recompute them from augmented images at every epoch)")
 BASE_NOTES["ncm"] = ("paper: FeCAM's base task (NCM is its Euclidean baseline; exps/FeCAM_*.json: 200 epochs, lr "
                      "0.1, weight decay 5e-4, batch 128) on the protocol's backbone; then the backbone is frozen. Not "
                      "expressible in the lab: its cosine-annealed lr (a step schedule at epochs 80 and 120 here), its "
@@ -434,7 +483,7 @@ def _paper(dataset: str, method: str = "rdfcil") -> dict:
     source = preset_source(method)
     if source in BASE_RECIPES:
         values.update(BASE_RECIPES[source], **({"fecam_tukey": "signed"} if method == "fecam" else {}))
-        values["notes"] = BASE_NOTES["ncm" if method == "ncm" else source]
+        values["notes"] = BASE_NOTES[method if method in BASE_NOTES else source]
     return values
 
 
@@ -447,6 +496,14 @@ QUICK_ANALYTIC_BUFFER = 1024
 QUICK_ANALYTIC_NOTES = ("; for the analytic methods a random expansion of 1,024 units instead of the authors' "
                         "8,192 (an 8 MiB autocorrelation matrix instead of 512 MiB) and the preset's base "
                         "schedule (the epochs before refinement) instead of theirs")
+
+
+# EFC and EFC++ in the quick presets: the preset's epochs, milestones and batch with the authors' Adam learning
+# rates and weight decay (Adam at the SGD lr 0.1 diverges), no refinement epochs, no self-rotation.
+QUICK_EFC = dict(lr=1e-3, lr_incremental=1e-4, weight_decay=2e-4, refinement_epochs=0, efc_self_rotation=False)
+QUICK_EFC_NOTES = ("; for EFC and EFC++ the preset's epochs, milestones and batch with the authors' Adam (lr 1e-3 "
+                   "on the base task, 1e-4 after, weight decay 2e-4), no refinement epochs and no self-rotation head "
+                   "(efc_self_rotation false: it quadruples the base task's images)")
 
 
 def _quick(dataset: str, method: str = "rdfcil") -> dict:
@@ -491,7 +548,10 @@ def _quick(dataset: str, method: str = "rdfcil") -> dict:
     if uses_abd_scripts(method):  # its augmentation, where the dataset augments at all
         values.update(color_jitter=True, crop_fill="zero")
         values["notes"] += QUICK_BASELINE_NOTES
-    if preset_source(method) in BASE_RECIPES:
+    if preset_source(method) == "efc":
+        values.update(QUICK_EFC)
+        values["notes"] += QUICK_EFC_NOTES
+    elif preset_source(method) in BASE_RECIPES:
         values.update({"fecam_tukey": "signed"} if method == "fecam" else {})
         values["notes"] += QUICK_FROZEN_NOTES
     return values
@@ -736,3 +796,15 @@ def validate(c: Config) -> None:
                f"{name} must be positive, got {getattr(c, name)!r}")
     _check(isinstance(c.fetril_fc_epochs, int) and c.fetril_fc_epochs > 0,
            f"fetril_fc_epochs must be a positive integer, got {c.fetril_fc_epochs!r}")
+    for name in ("efc_lamb", "efc_damping", "efcpp_balance_weight_decay"):
+        _check(isinstance(getattr(c, name), (int, float)) and getattr(c, name) >= 0,
+               f"{name} must be >= 0, got {getattr(c, name)!r}")
+    _check(c.efc_protoupdate is None or isinstance(c.efc_protoupdate, (int, float)) and c.efc_protoupdate > 0,
+           f"efc_protoupdate must be positive or none, got {c.efc_protoupdate!r}")
+    _check(isinstance(c.efcpp_balance_lr, (int, float)) and c.efcpp_balance_lr > 0,
+           f"efcpp_balance_lr must be positive, got {c.efcpp_balance_lr!r}")
+    for name in ("efc_protobatch", "efcpp_balance_epochs", "efcpp_balance_batch"):
+        _check(isinstance(getattr(c, name), int) and getattr(c, name) > 0,
+               f"{name} must be a positive integer, got {getattr(c, name)!r}")
+    _check(not (c.graphs and c.method == "efc"), "graphs cannot capture EFC's step (PR-ACE splits each batch by a "
+           "random draw and replays the previous batch); run efc with graphs false")

@@ -55,7 +55,7 @@ def test_cpu_model_keeps_its_state_dict_keys():
     assert not any("anchor" in k for k in model.state_dict())
 
 
-@pytest.mark.parametrize("method", ["finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil"])
+@pytest.mark.parametrize("method", ["finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil", "efc", "efcpp"])
 def test_method_modules_replay_and_counts_are_on_the_device(method):
     config = resolve({**TINY, "method": method})
     spec = SPECS["digits"]

@@ -20,7 +20,10 @@ from .fecam import FeCAM
 from .fetril import FeTrIL
 from .acil import ACIL
 from .dsal import DSAL
+from .efc import EFC
+from .efcpp import EFCPlusPlus
 
 __all__ = ["METHODS", "Method", "Phase", "Task", "TaskEnd", "build_method", "method_keys", "register",
            "unused_keys", "InversionReplay", "Finetune", "Joint", "LwF", "DeepInversion", "ABD", "RDFCIL",
-           "ClassCounts", "NCM", "FeCAM", "FeTrIL", "ACIL", "DSAL"]
+           "ClassCounts", "NCM", "FeCAM", "FeTrIL", "ACIL", "DSAL",
+           "EFC", "EFCPlusPlus"]
