@@ -70,7 +70,7 @@ class ADC(LwFPrototypes):
     mean of ``f_new - f_old`` over them added to the prototype). Every process computes the
     same on every image (the task's images are kept on the device during the pass)."""
 
-    name, label, color, rank = "adc", "LwF + ADC", "#44AA99", 71
+    name, label, color, rank = "adc", "LwF + ADC", "#117733", 71
     citation = "Goswami et al., CVPR 2024"
     faithful = ("the authors' code: LwF on a cosine head (lamda 10, T 2), NCM on prototypes, 3 attack steps "
                 "(alpha 25, batch-normalised gradient) on the 100 nearest current images per old class; the "

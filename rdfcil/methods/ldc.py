@@ -29,7 +29,7 @@ class LDC(LwFPrototypes):
     shuffled images, as the authors' train loader gives them); then the statistics pass moves
     every old prototype, ``mu_c <- P mu_c``, and adds the new classes' means."""
 
-    name, label, color, rank = "ldc", "LwF + LDC", "#882255", 70
+    name, label, color, rank = "ldc", "LwF + LDC", "#AA4499", 70
     citation = "Gomez-Villa et al., ECCV 2024"
     faithful = ("the authors' code: LwF on a cosine head (lamda 10, T 2), NCM on prototypes, a d x d projector "
                 "trained 20 epochs by Adam (lr 1e-3) on the task's augmented images; AutoAugment not reproduced")
