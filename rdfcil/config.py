@@ -444,7 +444,8 @@ BASE_NOTES["drift"] = (
     "ResNet-18 (the lab's standard ResNet-18 has torchvision's 7x7 stem and max-pool from 64 pixels) and their "
     "other datasets' schedules (the supplementary material's; CIFAR-100's here for every dataset). ADC's attack "
     "(and SDC) take the task's training images unaugmented, in a fixed order (the authors': augmented, shuffled; "
-    "LDC's projector trains on augmented, shuffled images, as theirs); with sdc, SDC runs before LDC or ADC, as in alviur/ldc (dipamgoswami/ADC runs it after ADC)")
+    "LDC's projector trains on augmented, shuffled images, as theirs); with sdc, SDC runs before LDC or ADC, as in alviur/ldc (dipamgoswami/ADC runs it after ADC), and pairs "
+    "each image's old and new features (the authors' two passes over a shuffled loader pair different images)")
 QUICK_DRIFT_NOTES = ("; for the drift methods (LwF + LDC, LwF + ADC) this schedule on every task (drift_epochs, "
                      "drift_milestones and drift_weight_decay none) and the preset's ResNet instead of the "
                      "authors' ResNet-18; LDC's 20 projector epochs and ADC's attack as published")
