@@ -444,8 +444,9 @@ BASE_NOTES["drift"] = (
     "ResNet-18 (the lab's standard ResNet-18 has torchvision's 7x7 stem and max-pool from 64 pixels) and their "
     "other datasets' schedules (the supplementary material's; CIFAR-100's here for every dataset). ADC's attack "
     "(and SDC) take the task's training images unaugmented, in a fixed order (the authors': augmented, shuffled; "
-    "LDC's projector trains on augmented, shuffled images, as theirs); with sdc, SDC runs before LDC or ADC, as in alviur/ldc (dipamgoswami/ADC runs it after ADC), and pairs "
-    "each image's old and new features (the authors' two passes over a shuffled loader pair different images)")
+    "LDC's projector trains on augmented, shuffled images, as theirs); with sdc, SDC runs before LDC or ADC, as "
+    "in alviur/ldc (dipamgoswami/ADC runs it after ADC), and pairs each image's old and new features (the "
+    "authors' two passes over a shuffled loader pair different images)")
 QUICK_DRIFT_NOTES = ("; for the drift methods (LwF + LDC, LwF + ADC) this schedule on every task (drift_epochs, "
                      "drift_milestones and drift_weight_decay none) and the preset's ResNet instead of the "
                      "authors' ResNet-18; LDC's 20 projector epochs and ADC's attack as published")
@@ -793,7 +794,8 @@ def validate(c: Config) -> None:
     for name in ("ldc_lr", "adc_alpha", "sdc_sigma"):
         _check(isinstance(getattr(c, name), (int, float)) and getattr(c, name) > 0,
                f"{name} must be positive, got {getattr(c, name)!r}")
-    _check(isinstance(c.drift_lamda, (int, float)) and c.drift_lamda >= 0, f"drift_lamda must be >= 0, got {c.drift_lamda!r}")
+    _check(isinstance(c.drift_lamda, (int, float)) and c.drift_lamda >= 0,
+           f"drift_lamda must be >= 0, got {c.drift_lamda!r}")
     _check(c.drift_weight_decay is None or c.drift_weight_decay >= 0,
            f"drift_weight_decay must be >= 0 or none, got {c.drift_weight_decay!r}")
     _check(c.drift_milestones is None or isinstance(c.drift_milestones, list) and

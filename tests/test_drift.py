@@ -195,7 +195,8 @@ def test_sdc_weights_the_drift_of_the_images_near_each_prototype():
     moved, weights = sdc_displacement(f_old, f_new, torch.tensor([[0.0, 0.0]]), sigma=1.0)
     w = torch.tensor([1 + 1e-5, math.exp(-50) + 1e-5], dtype=torch.float64)
     torch.testing.assert_close(weights, w.sum()[None])
-    torch.testing.assert_close(moved, (w[0] * torch.tensor([1.0, 0.0]) + w[1] * torch.tensor([0.0, 5.0]))[None].double())
+    expected = w[0] * torch.tensor([1.0, 0.0]) + w[1] * torch.tensor([0.0, 5.0])
+    torch.testing.assert_close(moved, expected[None].double())
 
 
 # --------------------------------------------------------------------------- meta device
@@ -272,8 +273,9 @@ def test_two_gloo_processes_give_the_prototypes_of_one(tmp_path):
     (tmp_path / "one.py").write_text(SCRIPT.format(out=str(tmp_path / "one.pt")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": "29547"}  # what torchrun sets, without its launcher process
-    ranks = [subprocess.Popen([sys.executable, str(tmp_path / "two.py")], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    ranks = [subprocess.Popen([sys.executable, str(tmp_path / "two.py")],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     for process in ranks:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-3000:]
@@ -288,14 +290,16 @@ def test_two_gloo_processes_give_the_prototypes_of_one(tmp_path):
 
 def test_the_paper_preset_is_the_authors_lwf_schedule_and_names_the_departures():
     values = preset_values("paper", "cifar100", "ldc")
-    assert (values["epochs"], values["milestones"], values["lr"], values["weight_decay"]) == (200, [60, 120, 160], 0.1, 5e-4)
+    assert (values["epochs"], values["milestones"], values["lr"], values["weight_decay"]) == \
+        (200, [60, 120, 160], 0.1, 5e-4)
     assert (values["drift_epochs"], values["drift_milestones"], values["lr_incremental"],
             values["drift_weight_decay"]) == (100, [45, 90], 0.05, 2e-4)
     assert (values["drift_lamda"], values["kd_temperature"], values["backbone"], values["refinement_epochs"]) == \
         (10.0, 2.0, "resnet18", 0)
     assert "AutoAugment" in values["notes"] and "ColorJitter" in values["notes"]
     adc = preset_values("paper", "cifar100", "adc")
-    assert (adc["adc_alpha"], adc["adc_steps"], adc["adc_samples"], adc["ldc_epochs"], adc["ldc_lr"]) == (25.0, 3, 100, 20, 1e-3)
+    assert (adc["adc_alpha"], adc["adc_steps"], adc["adc_samples"], adc["ldc_epochs"], adc["ldc_lr"]) == \
+        (25.0, 3, 100, 20, 1e-3)
     assert "drift methods" in preset_values("quick", "digits", "ldc")["notes"]
     assert METHODS["ldc"].family == METHODS["adc"].family == "drift"
 
