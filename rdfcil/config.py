@@ -280,6 +280,34 @@ class Config:
         paper=256))
     efcpp_balance_weight_decay: float = field(default=5e-4, metadata=dict(
         help="weight decay of EFC++'s head re-balancing", unit="", paper=5e-4))
+    # -- drift compensation: LwF + LDC, LwF + ADC (the authors' LwF with a cosine head, NCM on prototypes) --
+    drift_lamda: float = field(default=10.0, metadata=dict(
+        help="weight lamda of the distillation in the drift methods' LwF (the authors' lwf.py)", unit="",
+        paper=10.0))
+    drift_epochs: int | None = field(default=None, metadata=dict(
+        help="epochs of the drift methods' incremental tasks; none: epochs", unit="epochs", paper=100))
+    drift_milestones: list | None = field(default=None, metadata=dict(
+        help="the drift methods' incremental milestones; none: milestones", unit="epochs", paper=[45, 90]))
+    drift_weight_decay: float | None = field(default=None, metadata=dict(
+        help="SGD weight decay of the drift methods' incremental tasks; none: weight_decay", unit="", paper=2e-4))
+    ldc_epochs: int = field(default=20, metadata=dict(
+        help="epochs of LDC's projector on the task's images after each incremental task", unit="epochs",
+        paper=20))
+    ldc_lr: float = field(default=1e-3, metadata=dict(
+        help="Adam learning rate of LDC's projector", unit="", paper=1e-3))
+    adc_alpha: float = field(default=25.0, metadata=dict(
+        help="step size alpha of ADC's attack, x - alpha g/||g|| with ||g|| over the class's batch", unit="",
+        paper=25.0))
+    adc_steps: int = field(default=3, metadata=dict(
+        help="attack steps per old class (the authors' adv_epoch)", unit="steps", paper=3))
+    adc_samples: int = field(default=100, metadata=dict(
+        help="current images nearest to an old prototype that ADC attacks (the authors' sample_limit)",
+        unit="images", paper=100))
+    sdc: bool = field(default=False, metadata=dict(
+        help="also move the old prototypes by semantic drift compensation (Yu et al., CVPR 2020) before "
+             "LDC or ADC", unit="", paper=False))
+    sdc_sigma: float = field(default=0.3, metadata=dict(
+        help="width sigma of SDC's Gaussian weights on the distances to a prototype", unit="", paper=0.3))
     # -- run --
     threads: int | None = field(default=None, metadata=dict(
         help="CPU threads the run computes with (torch.set_num_threads); none: PyTorch's default (OMP_NUM_THREADS, "
@@ -447,6 +475,30 @@ BASE_NOTES["ncm"] = ("paper: FeCAM's base task (NCM is its Euclidean baseline; e
                      "backbone here). Every task is scored by the class means, the base task included (FeCAM's code "
                      "scores its baseline's base task by its cosine classifier)")
 QUICK_FROZEN_NOTES = "; for the frozen-backbone methods (NCM, FeCAM, FeTrIL) this base-task schedule instead of their authors'"
+# The drift family (LwF + LDC, LwF + ADC): the authors' PyCIL forks (alviur/ldc LDC_supervised/models/lwf.py,
+# dipamgoswami/ADC models/lwf.py, exps/lwf.json), which set their schedule as module constants.
+BASE_RECIPES["drift"] = dict(epochs=200, refinement_epochs=0, milestones=[60, 120, 160], lr=0.1, lr_decay=0.1,
+                             momentum=0.9, weight_decay=5e-4, batch_size=128, lr_incremental=0.05, drift_epochs=100,
+                             drift_milestones=[45, 90], drift_weight_decay=2e-4, drift_lamda=10.0, kd_temperature=2.0,
+                             backbone="resnet18", resnet_variant="standard", crop_fill="zero", ldc_epochs=20,
+                             ldc_lr=1e-3, adc_alpha=25.0, adc_steps=3, adc_samples=100, sdc=False, sdc_sigma=0.3)
+BASE_NOTES["drift"] = (
+    "paper: the authors' LwF (alviur/ldc and dipamgoswami/ADC, models/lwf.py and exps/lwf.json): ResNet-18 "
+    "(resnet_variant standard: 3x3 stem without max-pool below 64 pixels, as PyCIL's CIFAR ResNet-18), a cosine "
+    "head, base task 200 epochs at lr 0.1 (milestones 60, 120, 160, weight decay 5e-4), incremental tasks 100 "
+    "epochs at lr 0.05 (milestones 45 and 90, weight decay 2e-4), batch 128, lamda 10 and T 2, the random crop's "
+    "padding black (crop_fill zero); NCM on L2-normalised prototypes. Not expressible in the lab: AutoAugment "
+    "(CIFAR10Policy) and PyCIL's ColorJitter(brightness 63/255) (color_jitter here is ABD's brightness and "
+    "contrast), the last incomplete batch of each epoch (the lab drops it), the 3x3 stem of their Tiny-ImageNet "
+    "ResNet-18 (the lab's standard ResNet-18 has torchvision's 7x7 stem and max-pool from 64 pixels) and their "
+    "other datasets' schedules (the supplementary material's; CIFAR-100's here for every dataset). ADC's attack "
+    "(and SDC) take the task's training images unaugmented, in a fixed order (the authors': augmented, shuffled; "
+    "LDC's projector trains on augmented, shuffled images, as theirs); with sdc, SDC runs before LDC or ADC, as "
+    "in alviur/ldc (dipamgoswami/ADC runs it after ADC), and pairs each image's old and new features (the "
+    "authors' two passes over a shuffled loader pair different images)")
+QUICK_DRIFT_NOTES = ("; for the drift methods (LwF + LDC, LwF + ADC) this schedule on every task (drift_epochs, "
+                     "drift_milestones and drift_weight_decay none) and the preset's ResNet instead of the "
+                     "authors' ResNet-18; LDC's 20 projector epochs and ADC's attack as published")
 
 
 def _paper(dataset: str, method: str = "rdfcil") -> dict:
@@ -553,7 +605,7 @@ def _quick(dataset: str, method: str = "rdfcil") -> dict:
         values["notes"] += QUICK_EFC_NOTES
     elif preset_source(method) in BASE_RECIPES:
         values.update({"fecam_tukey": "signed"} if method == "fecam" else {})
-        values["notes"] += QUICK_FROZEN_NOTES
+        values["notes"] += QUICK_DRIFT_NOTES if preset_source(method) == "drift" else QUICK_FROZEN_NOTES
     return values
 
 
@@ -808,3 +860,16 @@ def validate(c: Config) -> None:
                f"{name} must be a positive integer, got {getattr(c, name)!r}")
     _check(not (c.graphs and c.method == "efc"), "graphs cannot capture EFC's step (PR-ACE splits each batch by a "
            "random draw and replays the previous batch); run efc with graphs false")
+    for name in ("ldc_epochs", "adc_steps", "adc_samples") + (("drift_epochs",) if c.drift_epochs is not None else ()):
+        value = getattr(c, name)
+        _check(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+    for name in ("ldc_lr", "adc_alpha", "sdc_sigma"):
+        _check(isinstance(getattr(c, name), (int, float)) and getattr(c, name) > 0,
+               f"{name} must be positive, got {getattr(c, name)!r}")
+    _check(isinstance(c.drift_lamda, (int, float)) and c.drift_lamda >= 0,
+           f"drift_lamda must be >= 0, got {c.drift_lamda!r}")
+    _check(c.drift_weight_decay is None or c.drift_weight_decay >= 0,
+           f"drift_weight_decay must be >= 0 or none, got {c.drift_weight_decay!r}")
+    _check(c.drift_milestones is None or isinstance(c.drift_milestones, list) and
+           all(isinstance(m, int) and m > 0 for m in c.drift_milestones),
+           f"drift_milestones must be a list of positive epochs or none, got {c.drift_milestones!r}")

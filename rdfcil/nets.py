@@ -226,15 +226,39 @@ class IncrementalHead(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class IncrementalNet(nn.Module):
-    """Backbone + incremental head. ``forward(x)`` gives logits; ``forward(x, features=True)``
-    gives ``(logits, pooled features)`` (the paper's "feature mode")."""
+class CosineHead(IncrementalHead):
+    """The cosine classifier of PyCIL's ``CosineIncrementalNet`` (``CosineLinear``, then
+    ``SplitCosineLinear``): ``logits = sigma * cos(f, w_c) = sigma <f/||f||, w_c/||w_c||>`` with one
+    learnable scale ``sigma`` (initialised to 1, shared by every task's rows and kept from task to
+    task) and rows drawn ``U(-1/sqrt(d), 1/sqrt(d))`` (PyTorch's ``nn.Linear`` init, which equals
+    ``CosineLinear.reset_parameters``). Same interface as :class:`IncrementalHead`."""
 
-    def __init__(self, backbone: nn.Module, head_init_std: float | None = 0.001, num_classes: int | None = None):
+    def __init__(self, feature_dim: int, device=None, capacity: int | None = None):
+        super().__init__(feature_dim, None, device, capacity)
+        self.sigma = nn.Parameter(torch.ones(1, device=device))
+
+    def forward(self, features):
+        return self.sigma * F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
+
+    def padded(self, features):
+        return self.sigma * F.linear(F.normalize(features, dim=1), F.normalize(self.padded_weight, dim=1)) * self.seen
+
+
+HEADS = ("linear", "cosine")
+
+
+class IncrementalNet(nn.Module):
+    """Backbone + incremental head (``head``: ``linear``, :class:`IncrementalHead`, or ``cosine``,
+    :class:`CosineHead`). ``forward(x)`` gives logits; ``forward(x, features=True)`` gives
+    ``(logits, pooled features)`` (the paper's "feature mode")."""
+
+    def __init__(self, backbone: nn.Module, head_init_std: float | None = 0.001, num_classes: int | None = None,
+                 head: str = "linear"):
         super().__init__()
         self.backbone = backbone
         device = next(backbone.parameters()).device
-        self.head = IncrementalHead(backbone.feature_dim, head_init_std, device, num_classes)
+        self.head = CosineHead(backbone.feature_dim, device, num_classes) if head == "cosine" else \
+            IncrementalHead(backbone.feature_dim, head_init_std, device, num_classes)
 
     @property
     def device(self) -> torch.device:
@@ -260,16 +284,21 @@ class IncrementalNet(nn.Module):
 
 
 def build_model(backbone: str, channels: int, image_size: int, device=None, *, variant: str = "published",
-                head_init_std: float | None = 0.001, num_classes: int | None = None) -> IncrementalNet:
+                head_init_std: float | None = 0.001, num_classes: int | None = None,
+                head: str = "linear") -> IncrementalNet:
     """Backbone + empty head, built on ``device`` (CPU, CUDA or ``meta``): nothing is moved after
     construction, and the head's later tasks are created where the model lives. ``variant`` and
     ``head_init_std`` default to the published code's; ``num_classes``: the head's capacity
-    (:class:`IncrementalHead`; None grows it task by task)."""
-    return IncrementalNet(build_backbone(backbone, channels, image_size, variant, device), head_init_std, num_classes)
+    (:class:`IncrementalHead`; None grows it task by task); ``head``: ``linear`` or ``cosine``."""
+    return IncrementalNet(build_backbone(backbone, channels, image_size, variant, device), head_init_std, num_classes,
+                          head)
 
 
 def model_for(config, spec, device=None) -> IncrementalNet:
     """The model a config asks for (``backbone``, ``resnet_variant``, ``head_init_std``) on ``device``,
-    its head padded to the dataset's ``spec.num_classes``."""
+    its head padded to the dataset's ``spec.num_classes``; the head is the one the config's method
+    declares (its ``head``: ``linear``, or ``cosine`` for the drift family)."""
+    from .methods import METHODS
+    head = getattr(METHODS.get(config.method), "head", "linear")
     return build_model(config.backbone, spec.channels, spec.image_size, device, variant=config.resnet_variant,
-                       head_init_std=config.head_init_std, num_classes=spec.num_classes)
+                       head_init_std=config.head_init_std, num_classes=spec.num_classes, head=head)

@@ -86,7 +86,7 @@ def test_every_registered_method_runs_two_tasks(name, tmp_path):
 
 def test_the_lists_of_methods_and_datasets_derive_from_the_registries():
     assert C.method_names() == tuple(METHODS) == ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil", "ncm",
-                                                  "fecam", "fetril", "acil", "dsal", "efc", "efcpp")
+                                                  "fecam", "fetril", "acil", "dsal", "efc", "efcpp", "ldc", "adc")
     assert C.dataset_names() == tuple(SPECS)
     bench = parser().parse_args(["bench-accuracy"])
     assert bench.dataset == "digits"
@@ -95,7 +95,7 @@ def test_the_lists_of_methods_and_datasets_derive_from_the_registries():
     assert tuple(choices) == tuple(SPECS)
     assert [tables.method_label(m) for m in sorted(METHODS, key=tables.method_rank)] == \
         ["Finetune", "LwF", "DeepInversion", "ABD", "R-DFCIL", "NCM", "FeTrIL", "FeCAM", "ACIL", "DS-AL",
-         "EFC", "EFC++", "Joint"]
+         "EFC", "EFC++", "LwF + LDC", "LwF + ADC", "Joint"]
     assert C.uses_abd_scripts("abd") and C.uses_abd_scripts("lwf") and not C.uses_abd_scripts("rdfcil")
 
 

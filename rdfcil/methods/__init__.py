@@ -4,7 +4,8 @@ CLI's choices).
 
 ``base`` holds the interface (:class:`Task`, :class:`Phase`, :class:`Method`,
 :class:`TaskEnd`, the registry), ``replay`` the inversion replay component, ``features`` the
-class statistics of frozen features (NCM, FeCAM, FeTrIL).
+class statistics of frozen features (NCM, FeCAM, FeTrIL), ``lwfproto`` the authors' LwF with
+prototypes that the drift methods (LDC, ADC) build on.
 """
 
 from .base import METHODS, Method, Phase, Task, TaskEnd, build_method, method_keys, register, unused_keys
@@ -22,8 +23,11 @@ from .acil import ACIL
 from .dsal import DSAL
 from .efc import EFC
 from .efcpp import EFCPlusPlus
+from .lwfproto import LwFPrototypes
+from .ldc import LDC
+from .adc import ADC
 
 __all__ = ["METHODS", "Method", "Phase", "Task", "TaskEnd", "build_method", "method_keys", "register",
            "unused_keys", "InversionReplay", "Finetune", "Joint", "LwF", "DeepInversion", "ABD", "RDFCIL",
            "ClassCounts", "NCM", "FeCAM", "FeTrIL", "ACIL", "DSAL",
-           "EFC", "EFCPlusPlus"]
+           "EFC", "EFCPlusPlus", "LwFPrototypes", "LDC", "ADC"]

@@ -111,6 +111,7 @@ class Method:
     # base-task schedule) or "analytic" (ACIL, DS-AL: config.ANALYTIC_PAPER, per dataset).
     preset_source = "rdfcil"
     classifier = "linear head"  # what makes the prediction, named in tables ("NCM", "FeCAM (Mahalanobis)", ...)
+    head = "linear"  # the model's head (nets.model_for): "linear" (IncrementalHead) or "cosine" (CosineHead)
     keeps_old_model = False
     trains_on_seen = False  # an incremental task trains on the real data of every seen class (Joint)
     # Its steps have the same shapes and constants in every task (padded head, masks, loss weights as
