@@ -22,6 +22,29 @@ def demo_configs(out_dir) -> list:
     return configs
 
 
+def notebook_parameters(name: str) -> dict:
+    """The default values of a notebook's parameters cell (the one tagged ``parameters``)."""
+    import json
+    from pathlib import Path
+    cells = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / name).read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    values: dict = {}
+    exec("".join(cell["source"]), {}, values)
+    return values
+
+
+def notebook_extra_configs() -> list:
+    """The longest run the walkthrough notebooks train at their default parameters beyond the
+    demo's: notebook 03's R-DFCIL without relational distillation, configured exactly as the
+    notebook configures it (so that it reuses it)."""
+    from rdfcil import paper
+    p = notebook_parameters("03_relation_distillation.ipynb")
+    config = paper.walkthrough(p["dataset"], p["num_tasks"], p["first_task_classes"], p["seed"], p["preset"],
+                               p["overrides"], p["data_root"], p["device"], p["out_dir"], tag="rkd-none", rkd="none")
+    assert config.threads == 1  # as the grid runs it
+    return [config]
+
+
 def shared_demo_configs(tmp_path) -> list:
     """The demo's configs in the notebooks' run folders (``runs/notebooks``), which the demo
     test, the end-to-end tests and the notebooks under nbval share, so each run is trained once
