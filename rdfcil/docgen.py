@@ -173,6 +173,16 @@ def _benches() -> dict:
             if (f / "accuracy.json").is_file()}
 
 
+def _ranked(methods: dict) -> list:
+    from .tables import method_rank
+    return sorted(methods.items(), key=lambda item: method_rank(item[0]))
+
+
+def _repeats(row: dict) -> str:
+    seeds, orders = len(set(row.get("seeds") or [0])), len(set(row.get("class_orders") or [0]))
+    return f"{seeds} seed{'s' * (seeds > 1)}" + (f" x {orders} class orders" if orders > 1 else "")
+
+
 def bench_times() -> str:
     """Every method's mean wall time per run (s) on each committed benchmark, and as a multiple
     of Finetune's there (the frozen-backbone methods train the base task only)."""
@@ -183,7 +193,7 @@ def bench_times() -> str:
     lines = ["| method |" + "".join(f" {BENCH_TITLES[d]}: s per run | × Finetune |" for d in benches),
              "|---|" + "---:|---:|" * len(benches)]
     by_method = {d: {r["method"]: r for r in rows} for d, rows in benches.items()}
-    for name, cls in METHODS.items():
+    for name, cls in _ranked(METHODS):
         found = [by_method[d].get(name) for d in benches]
         if not any(found):
             continue
@@ -208,7 +218,7 @@ def bench_table() -> str:
                                                     for d in benches)
     lines = [head, "|---|---|---|" + "---:|---:|" * len(benches)]
     by_method = {d: {r["method"]: r for r in rows} for d, rows in benches.items()}
-    for name, cls in METHODS.items():
+    for name, cls in _ranked(METHODS):
         found = [by_method[d].get(name) for d in benches]
         if not any(found):
             continue
@@ -216,8 +226,7 @@ def bench_table() -> str:
         cells = "".join(f" {_mean_std(r['final_mean'], r['final_std'])} | {_mean_std(r['avg_mean'], r['avg_std'])} |"
                         if r else " – | – |" for r in found)
         lines.append(f"| {cls.label or name} | {cls.family or 'other'} | {_text(classifier)} |{cells}")
-    runs = {d: sorted({r["over"] for r in rows}) for d, rows in benches.items()}
-    notes = [f"{BENCH_TITLES[d]} ({rows[0]['split']}, {', '.join(runs[d])}): {rows[0]['provenance']}"
+    notes = [f"{BENCH_TITLES[d]} ({rows[0]['split']}, {_repeats(rows[0])}): {rows[0]['provenance']}"
              for d, rows in benches.items()]
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 

@@ -150,6 +150,7 @@ def test_a_new_method_appears_on_its_family_page_or_the_overview(monkeypatch):
 def test_the_bench_tables_put_each_dataset_beside_the_others(monkeypatch, tmp_path):
     from rdfcil import docgen
     row = lambda m, final, std, avg, s, c: {"method": m, "split": "5 × 2", "over": "3 seeds", "final_mean": final,  # noqa: E731
+                                            "seeds": [0, 1, 2], "class_orders": [0],
                                             "final_std": std, "avg_mean": avg, "avg_std": 1.0, "seconds_mean": s,
                                             "classifier": c, "provenance": "Made at commit abc."}
     (tmp_path / "d").mkdir()
@@ -160,6 +161,6 @@ def test_the_bench_tables_put_each_dataset_beside_the_others(monkeypatch, tmp_pa
     assert table[0] == "| method | family | classifier | final, digits | avg. incr., digits |"
     assert table[2] == "| Finetune | bound | linear head | 19.44 ± 0.50 | 45.00 ± 1.00 |"
     assert table[3] == "| FeCAM | statistics | FeCAM (Mahalanobis) | 54.26 | 69.25 ± 1.00 |"
-    assert table[-1] == "digits (5 × 2, 3 seeds): Made at commit abc."
+    assert table[-1] == "digits (5 × 2, 3 seeds): Made at commit abc."  # Finetune (bound) ranks before FeCAM
     times = docgen.bench_times().splitlines()
     assert times[2:] == ["| Finetune | 100 | 1.00 |", "| FeCAM | 25 | 0.25 |"]
