@@ -57,3 +57,25 @@ def shared_demo_configs(tmp_path) -> list:
         record = Path(c.out) / "results.json"
         return record.is_file() and json.loads(record.read_text()).get("device") != "cpu"
     return demo_configs(tmp_path) if any(made_elsewhere(c) for c in configs) else configs
+
+
+def two_processes_and_one(tmp_path, script: str, port: int, **fields) -> tuple:
+    """Run ``script`` (a format string with an ``{out}`` field, and ``fields``) as two gloo
+    processes, with the environment torchrun sets but without its launcher, then once in this
+    process (no ``WORLD_SIZE``: reduce is the identity); returns what each saved to its ``out``,
+    ``(one, two)``."""
+    import os
+    import runpy
+    import subprocess
+    import sys
+    import torch
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.py").write_text(script.format(out=str(tmp_path / f"{name}.pt"), **fields))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ranks = [subprocess.Popen([sys.executable, str(tmp_path / "two.py")], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for process in ranks:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+    runpy.run_path(str(tmp_path / "one.py"))
+    return torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")

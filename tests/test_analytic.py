@@ -1,15 +1,13 @@
 """The analytic heads (ACIL, DS-AL): the mathematics, not only that it runs."""
 
 import math
-import os
-import runpy
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import two_processes_and_one
 import torch.nn.functional as F
 
 from rdfcil.analytic import (AnalyticClassifier, DualStreamClassifier, RandomExpansion, bench_update, chunks,
@@ -290,17 +288,7 @@ def test_dsal_under_two_gloo_processes_equals_one(tmp_path):
     """Chunks of 3 batches of 24 images (7 batches a task, the last one short): every process
     closes the same chunks, and the sums reduced per chunk give one process's heads."""
     config = {**TINY, "method": "dsal", "train_per_class": 30, "batch_size": 24, "analytic_batch": 72}
-    for name in ("one", "two"):
-        (tmp_path / f"{name}.py").write_text(SCRIPT.format(config=config, out=str(tmp_path / f"{name}.pt")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29541"}
-    ranks = [subprocess.Popen([sys.executable, str(tmp_path / "two.py")], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    for process in ranks:
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-    runpy.run_path(str(tmp_path / "one.py"))
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = two_processes_and_one(tmp_path, SCRIPT, 29541, config=config)
     assert one["comp.weight"].shape == (128, 10) and one["comp.weight"].abs().max() > 1e-3
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-7, atol=1e-9)

@@ -3,10 +3,6 @@ projector, ADC's attack and filter against hand computations, their tensors on t
 device, two torchrun processes against one, and a tiny digits run of each above chance."""
 
 import math
-import os
-import runpy
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -24,7 +20,7 @@ from rdfcil.methods.adc import adc_prototypes, attack_step
 from rdfcil.methods.ldc import projector_loss
 from rdfcil.methods.lwfproto import lwf_loss, sdc_displacement
 from rdfcil.nets import CosineHead, build_model, model_for
-from conftest import TEST_DEVICE
+from conftest import TEST_DEVICE, two_processes_and_one
 
 META = torch.device("meta")
 
@@ -269,18 +265,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_two_gloo_processes_give_the_prototypes_of_one(tmp_path):
-    (tmp_path / "two.py").write_text(SCRIPT.format(out=str(tmp_path / "two.pt")))
-    (tmp_path / "one.py").write_text(SCRIPT.format(out=str(tmp_path / "one.pt")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29547"}  # what torchrun sets, without its launcher process
-    ranks = [subprocess.Popen([sys.executable, str(tmp_path / "two.py")],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    for process in ranks:
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-    runpy.run_path(str(tmp_path / "one.py"))  # one process: no WORLD_SIZE, reduce is the identity
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = two_processes_and_one(tmp_path, SCRIPT, 29547)
     for name in ("ldc", "adc"):
         assert one[name].shape == (10, 64)
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-4)

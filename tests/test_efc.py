@@ -4,10 +4,6 @@ processes, and tiny runs of both methods."""
 
 import json
 import math
-import os
-import runpy
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -21,7 +17,7 @@ from rdfcil.methods import EFC, EFCPlusPlus, Task
 from rdfcil.methods.efc import (drift_weights, efm_loss, efm_sum, prace_split, prototype_drift, prototype_labels,
                                 rotated)
 from rdfcil.nets import build_model
-from conftest import TEST_DEVICE
+from conftest import TEST_DEVICE, two_processes_and_one
 
 META = torch.device("meta")
 
@@ -161,17 +157,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_two_gloo_processes_give_the_statistics_of_one(tmp_path):
-    (tmp_path / "two.py").write_text(SCRIPT.format(out=str(tmp_path / "two.pt")))
-    (tmp_path / "one.py").write_text(SCRIPT.format(out=str(tmp_path / "one.pt")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29537"}
-    ranks = [subprocess.Popen([sys.executable, str(tmp_path / "two.py")], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    for process in ranks:
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-    runpy.run_path(str(tmp_path / "one.py"))
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = two_processes_and_one(tmp_path, SCRIPT, 29537)
     for name in ("efc", "efcpp"):
         assert one[name]["counts"].tolist() == [30.0] * 5
         assert one[name]["efm"].abs().sum() > 0 and one[name]["covariances"].abs().sum() > 0

@@ -3,9 +3,6 @@ task-end statistics pass (with its torchrun reduction), a head-only phase on sup
 features, and tasks with no phase at all."""
 
 import os
-import runpy
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -17,7 +14,7 @@ from rdfcil.data import load_benchmark
 from rdfcil.engine import evaluate, run_task
 from rdfcil.methods import Method, Phase, Task
 from rdfcil.nets import model_for
-from conftest import TEST_DEVICE
+from conftest import TEST_DEVICE, two_processes_and_one
 
 TINY = {"dataset": "digits", "tasks": 2, "backbone": "resnet8", "epochs": 2, "refinement_epochs": 0,
         "milestones": [1], "batch_size": 32, "train_per_class": 40, "progress": False, "logger": "none",
@@ -149,18 +146,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_two_gloo_processes_give_the_statistics_of_one(tmp_path):
-    tests = os.path.dirname(__file__)
-    (tmp_path / "two.py").write_text(SCRIPT.format(tests=tests, out=str(tmp_path / "two.pt")))
-    (tmp_path / "one.py").write_text(SCRIPT.format(tests=tests, out=str(tmp_path / "one.pt")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29531"}  # what torchrun sets, without its launcher process
-    ranks = [subprocess.Popen([sys.executable, str(tmp_path / "two.py")], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    for process in ranks:
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-    runpy.run_path(str(tmp_path / "one.py"))  # one process: no WORLD_SIZE, reduce is the identity
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = two_processes_and_one(tmp_path, SCRIPT, 29531, tests=os.path.dirname(__file__))
     assert two["sizes"][0] == one["sizes"][0] // 2  # each process read half of each batch
     assert torch.equal(one["count"], two["count"]) and one["count"].sum() == 200
     torch.testing.assert_close(two["total"], one["total"], rtol=1e-5, atol=1e-6)
