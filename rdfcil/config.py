@@ -308,6 +308,12 @@ class Config:
              "LDC or ADC", unit="", paper=False))
     sdc_sigma: float = field(default=0.3, metadata=dict(
         help="width sigma of SDC's Gaussian weights on the distances to a prototype", unit="", paper=0.3))
+    drift_augment: bool = field(default=True, metadata=dict(
+        help="the drift family's task-end passes over the task's training images read them augmented, as the "
+             "authors' train loaders give them: EFC's and EFC++'s EFM, class Gaussians and drift update, ADC's "
+             "attacked images, SDC's pairs (the prototypes of LwF + LDC and LwF + ADC are means of unaugmented "
+             "images, as theirs); false: unaugmented. Only where the run augments at all (augment)", unit="",
+        paper=True))
     # -- run --
     threads: int | None = field(default=None, metadata=dict(
         help="CPU threads the run computes with (torch.set_num_threads); none: PyTorch's default (OMP_NUM_THREADS, "
@@ -453,9 +459,10 @@ BASE_NOTES = {
 }
 EFC_NOT_EXPRESSED = (
     "Not expressible in the lab: the authors' ResNet-18 (512-d features; the protocol's backbone here), their CIFAR "
-    "augmentation Pad(4) + RandomResizedCrop(32) + flip (the lab's padded random crop and flip), their task-end "
-    "passes (EFM, class Gaussians, drift) over augmented, shuffled training images with the last incomplete batch "
-    "dropped from the EFM (the lab's statistics pass reads every training image once, unaugmented)")
+    "augmentation Pad(4) + RandomResizedCrop(32) + flip (the lab's padded random crop and flip; the task-end "
+    "passes, EFM, class Gaussians and drift, read augmented images as theirs: drift_augment), the shuffled order "
+    "of those passes and the last incomplete batch they drop from the EFM (the lab reads every image once, in a "
+    "fixed order)")
 BASE_NOTES["efc"] = (
     "paper: EFC's code (utils/OptimizerManager.py, utilities/parse_utils.py): base task Adam lr 1e-3, weight decay "
     "2e-4, milestones 45 and 90, 100 epochs, with the self-rotation head (efc_self_rotation); incremental tasks Adam "
@@ -466,8 +473,8 @@ BASE_NOTES["efcpp"] = (
     "schedule (base task Adam lr 1e-3, weight decay 2e-4, milestones 45 and 90, 100 epochs, self-rotation head; "
     "incremental tasks Adam lr 1e-4 on the backbone and the new head only, 100 epochs, BatchNorm frozen; batch 64; "
     "lambda 10, eta 0.1, sigma 0.2), then the head re-balancing: SGD lr 1e-3, momentum 0.9, weight decay 5e-4, 50 "
-    "epochs, batch 256. " + EFC_NOT_EXPRESSED + "; the re-balancing reads the current task's features once, "
-    "unaugmented (the authors recompute them from augmented images at every epoch)")
+    "epochs, batch 256. " + EFC_NOT_EXPRESSED + "; the re-balancing reads the current task's features from one "
+    "augmented pass (the authors recompute them from augmented images at every epoch)")
 BASE_NOTES["ncm"] = ("paper: FeCAM's base task (NCM is its Euclidean baseline; exps/FeCAM_*.json: 200 epochs, lr "
                      "0.1, weight decay 5e-4, batch 128) on the protocol's backbone; then the backbone is frozen. Not "
                      "expressible in the lab: its cosine-annealed lr (a step schedule at epochs 80 and 120 here), its "
@@ -492,8 +499,9 @@ BASE_NOTES["drift"] = (
     "contrast), the last incomplete batch of each epoch (the lab drops it), the 3x3 stem of their Tiny-ImageNet "
     "ResNet-18 (the lab's standard ResNet-18 has torchvision's 7x7 stem and max-pool from 64 pixels) and their "
     "other datasets' schedules (the supplementary material's; CIFAR-100's here for every dataset). ADC's attack "
-    "(and SDC) take the task's training images unaugmented, in a fixed order (the authors': augmented, shuffled; "
-    "LDC's projector trains on augmented, shuffled images, as theirs); with sdc, SDC runs before LDC or ADC, as "
+    "(and SDC) take the task's training images augmented, as the authors' train loader gives them (drift_augment), "
+    "in a fixed order (theirs: shuffled; LDC's projector trains on augmented, shuffled images, as theirs); the "
+    "prototypes are means of unaugmented images, as theirs; with sdc, SDC runs before LDC or ADC, as "
     "in alviur/ldc (dipamgoswami/ADC runs it after ADC), and pairs each image's old and new features (the "
     "authors' two passes over a shuffled loader pair different images)")
 QUICK_DRIFT_NOTES = ("; for the drift methods (LwF + LDC, LwF + ADC) this schedule on every task (drift_epochs, "

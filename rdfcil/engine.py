@@ -36,7 +36,8 @@ from .runs import (Damaged, Results, add_task_metrics, checkpoint_path, default_
 from .tblog import NullLogger, every, make_logger, synthetic_grid
 
 def stage_seed(seed: int, task: int, stage: int) -> int:
-    """A distinct seed per (run seed, task, stage): stage 0 training, 1 inversion."""
+    """A distinct seed per (run seed, task, stage): stage 0 training, 1 inversion, 2 the inversion's
+    logged grid, 3 the statistics pass's augmentation."""
     return (seed * 1_000_003 + task * 101 + stage) % (2 ** 63)
 
 
@@ -226,7 +227,7 @@ def train_phase(model, phase: Phase, bench: Benchmark, config: Config, generator
     interval = max(config.log_interval, 1)
     optimizer = make_optimizer(phase, config, model.device)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, phase.milestones, gamma=config.lr_decay)
-    augment = bench.spec.crop_padding > 0 or bench.spec.flip if config.augment is None else config.augment
+    augment = augments(bench, config)
     record = StepRecord(config.sync_interval, FiniteCheck(task, phase.name, last_checkpoint))
     train_step = training_step(phase, optimizer, model.device, precision_of(config, phase.name), config.graphs, ddp)
     steps_per_epoch = batches_per_epoch(phase, bench, config)
@@ -500,13 +501,25 @@ def log_task(logger: NullLogger, record: dict, timings: dict, t: int) -> None:
     logger.flush()
 
 
+def augments(bench: Benchmark, c: Config) -> bool:
+    """Whether the run's training images are augmented: ``c.augment``, else the dataset's default."""
+    return bench.spec.crop_padding > 0 or bench.spec.flip if c.augment is None else c.augment
+
+
 def statistics_batches(bench: Benchmark, task: Task, c: Config, ddp: Distributed):
-    """``batches(shard=True)`` for :meth:`Method.statistics`: the task's training images of
-    ``task.classes`` once, in a fixed order, unaugmented, ``c.batch_size`` per batch, on the
-    run's device; this process's shard of each batch under torchrun unless ``shard=False``."""
-    def batches(shard: bool = True):
+    """``batches(shard=True, augment=False)`` for :meth:`Method.statistics`: the task's training
+    images of ``task.classes`` once, in a fixed order, ``c.batch_size`` per batch, on the run's
+    device; this process's shard of each batch under torchrun unless ``shard=False``. With
+    ``augment`` (and a run that augments at all) each batch gets the training augmentation, drawn
+    from one generator per pass seeded by ``(seed, task, 3)``: every process draws the same
+    augmentation of the whole batch before taking its shard, so two processes see what one sees."""
+    generator = torch.Generator().manual_seed(stage_seed(c.seed, task.index, 3))
+    augmented = augments(bench, c)
+
+    def batches(shard: bool = True, augment: bool = False):
         take = ddp.shard if shard else (lambda t: t)
-        for x, y in bench.train.batches(task.classes, c.batch_size, shuffle=False, augment=False):
+        for x, y in bench.train.batches(task.classes, c.batch_size, shuffle=False, augment=augment and augmented,
+                                        generator=generator):
             yield take(x), take(y)
     return batches
 

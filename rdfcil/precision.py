@@ -31,9 +31,10 @@ from contextlib import nullcontext
 import torch
 
 PRECISIONS = ("fp32", "bf16")
-# The phases a precision can be set for: the base task, a baseline's incremental training, the
-# R-DFCIL RRL and refinement phases, and the generator's inversion steps.
-PHASES = ("base", "train", "rrl", "refine", "inversion")
+# The phases a precision can be set for: the base task, a method's incremental training, the
+# R-DFCIL RRL and refinement phases, the head-only phases on features (FeTrIL's fully connected
+# ``head``, EFC++'s ``balance``), LDC's ``projector``, and the generator's inversion steps.
+PHASES = ("base", "train", "rrl", "refine", "head", "balance", "projector", "inversion")
 
 
 def precision_of(config, phase: str) -> str:

@@ -115,7 +115,7 @@ def test_ldc_moves_the_old_prototypes_by_its_projector_and_appends_the_new_means
     x = torch.randn(6, 1, 8, 8)
     y = torch.tensor([0, 0, 1, 1, 0, 1])
     with torch.no_grad():
-        m.statistics(Task(0, range(0, 2), 2), lambda shard=True: iter([(x, y)]), lambda t: t)
+        m.statistics(Task(0, range(0, 2), 2), lambda shard=True, augment=False: iter([(x, y)]), lambda t: t)
         f = model.features(x)
     torch.testing.assert_close(m.prototypes, torch.stack([f[y == 0].mean(0), f[y == 1].mean(0)]))
     m.old_model = frozen_copy(model)
@@ -124,7 +124,7 @@ def test_ldc_moves_the_old_prototypes_by_its_projector_and_appends_the_new_means
     x2, y2 = torch.randn(4, 1, 8, 8), torch.tensor([2, 3, 2, 3])
     old = m.prototypes.clone()
     with torch.no_grad():
-        m.statistics(Task(1, range(2, 4), 2), lambda shard=True: iter([(x2, y2)]), lambda t: t)
+        m.statistics(Task(1, range(2, 4), 2), lambda shard=True, augment=False: iter([(x2, y2)]), lambda t: t)
         f2 = model.features(x2)
     torch.testing.assert_close(m.prototypes[:2], old @ m.projector.weight.T)
     torch.testing.assert_close(m.prototypes[2:], torch.stack([f2[y2 == 2].mean(0), f2[y2 == 3].mean(0)]))
@@ -205,7 +205,7 @@ def test_drift_modules_prototypes_and_scores_are_on_the_device(name, keys):
     m = build_method(resolve({"method": name, "backbone": "resnet8", **keys}), model, SPECS["digits"])
     x, y = torch.empty(4, 1, 8, 8, device=META), torch.tensor([0, 1, 0, 1], device=META)
     with torch.no_grad():
-        m.statistics(Task(0, range(0, 2), 2), lambda shard=True: iter([(x, y)]), lambda t: t)
+        m.statistics(Task(0, range(0, 2), 2), lambda shard=True, augment=False: iter([(x, y)]), lambda t: t)
     assert m.prototypes.device == META and m.scores(x).device == META and m.scores(x).shape == (4, 2)
     m.old_model = frozen_copy(model)
     model.head.add_task(2)
@@ -214,7 +214,7 @@ def test_drift_modules_prototypes_and_scores_are_on_the_device(name, keys):
     assert all(p.device == META for module in m.extra_modules().values() for p in module.parameters())
     if name == "ldc":
         with torch.no_grad():
-            m.statistics(Task(1, range(2, 4), 2), lambda shard=True: iter([(x, y + 2)]), lambda t: t)
+            m.statistics(Task(1, range(2, 4), 2), lambda shard=True, augment=False: iter([(x, y + 2)]), lambda t: t)
         assert m.prototypes.device == META and m.prototypes.shape == (4, model.feature_dim)
     else:  # ADC's filter has a data-dependent shape, which meta cannot compute: its step
         step = attack_step(m.old_model, x, m.prototypes[0], 25.0, x.min(), x.max())
@@ -227,6 +227,7 @@ def test_drift_modules_prototypes_and_scores_are_on_the_device(name, keys):
 # --------------------------------------------------------------------------- two processes
 
 SCRIPT = textwrap.dedent('''
+    import dataclasses
     import torch
     from rdfcil.config import resolve
     from rdfcil.data import SPECS, Benchmark, TensorImages
@@ -239,7 +240,7 @@ SCRIPT = textwrap.dedent('''
     g = torch.Generator().manual_seed(0)  # 10 classes x 20 random 8x8 images, without loading a dataset
     labels = torch.arange(10).repeat_interleave(20)
     images = (labels.view(-1, 1, 1, 1) * 20 + torch.randint(0, 60, (200, 1, 8, 8), generator=g)).to(torch.uint8)
-    spec = SPECS["digits"]
+    spec = dataclasses.replace(SPECS["digits"], crop_padding=1, flip=True)  # augmenting: drift_augment reads it
     bench = Benchmark(spec, TensorImages(images, labels, spec, "cpu"), None, list(range(10)),
                       [range(0, 5), range(5, 10)])
     out = {{}}
@@ -271,6 +272,44 @@ def test_two_gloo_processes_give_the_prototypes_of_one(tmp_path):
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-4)
 
 
+def augmenting_bench():
+    """Digits-shaped random images of 5 classes whose spec augments (padding 1, flip)."""
+    import dataclasses
+    from rdfcil.data import Benchmark, TensorImages
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(5).repeat_interleave(12)
+    images = torch.randint(0, 256, (60, 1, 8, 8), generator=g).to(torch.uint8)
+    spec = dataclasses.replace(SPECS["digits"], crop_padding=1, flip=True)
+    return Benchmark(spec, TensorImages(images, labels, spec, "cpu"), None, list(range(5)), [range(0, 5)])
+
+
+def test_the_statistics_pass_reads_augmented_images_alike_in_every_process():
+    from rdfcil.distributed import Distributed
+    from rdfcil.engine import statistics_batches
+    bench, task = augmenting_bench(), Task(0, range(0, 5), 5)
+    config = resolve({"method": "adc", "backbone": "resnet8", "batch_size": 16, "seed": 3})
+
+    def images(batches, **kw):
+        x, y = zip(*batches(**kw))
+        return torch.cat(x), torch.cat(y)
+
+    batches = statistics_batches(bench, task, config, Distributed())
+    plain, labels = images(batches)
+    torch.testing.assert_close(plain, bench.train.normalize(bench.train.images))  # fixed order, unaugmented
+    first, first_labels = images(batches, augment=True)
+    assert torch.equal(first_labels, labels) and first.shape == plain.shape
+    assert (first - plain).abs().amax(dim=(1, 2, 3)).gt(1e-6).float().mean() > 0.5  # most images moved
+    assert not torch.equal(images(batches, augment=True)[0], first)  # each call draws afresh
+    again = statistics_batches(bench, task, config, Distributed())
+    assert torch.equal(images(again, augment=True)[0], first)  # the same draw for the same (seed, task)
+    for rank in (0, 1):  # a process's shard of each batch is that batch's augmentation in one process
+        shard = statistics_batches(bench, task, config, Distributed(rank=rank, world=2))
+        expected = torch.cat([b[rank::2] for b in first.split(16)])
+        assert torch.equal(images(shard, augment=True)[0], expected)
+    off = statistics_batches(bench, task, resolve({**config.to_dict(), "augment": False}), Distributed())
+    assert torch.equal(images(off, augment=True)[0], plain)  # a run that does not augment never does
+
+
 # --------------------------------------------------------------------------- presets, keys, a tiny run
 
 def test_the_paper_preset_is_the_authors_lwf_schedule_and_names_the_departures():
@@ -286,6 +325,8 @@ def test_the_paper_preset_is_the_authors_lwf_schedule_and_names_the_departures()
     assert (adc["adc_alpha"], adc["adc_steps"], adc["adc_samples"], adc["ldc_epochs"], adc["ldc_lr"]) == \
         (25.0, 3, 100, 20, 1e-3)
     assert "drift methods" in preset_values("quick", "digits", "ldc")["notes"]
+    assert resolve({"method": "adc", "preset": "paper", "dataset": "cifar100"}).drift_augment is True
+    assert "drift_augment" in values["notes"] and "drift_augment" in preset_values("paper", "cifar100", "efc")["notes"]
     assert METHODS["ldc"].family == METHODS["adc"].family == "drift"
 
 

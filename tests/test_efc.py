@@ -85,7 +85,7 @@ def meta_method(cls):
     return config, model, method
 
 
-def meta_batches(shard=True):
+def meta_batches(shard=True, augment=False):
     yield torch.empty(4, 1, 8, 8, device=META), torch.empty(4, dtype=torch.long, device=META)
 
 
@@ -119,6 +119,7 @@ def test_statistics_phases_and_losses_are_made_on_the_device(cls):
 
 
 SCRIPT = textwrap.dedent('''
+    import dataclasses
     import torch
     from rdfcil.config import Config
     from rdfcil.data import SPECS, Benchmark, TensorImages
@@ -131,7 +132,7 @@ SCRIPT = textwrap.dedent('''
     g = torch.Generator().manual_seed(0)  # 5 classes x 30 random 8x8 images
     labels = torch.arange(5).repeat_interleave(30)
     images = (labels.view(-1, 1, 1, 1) * 40 + torch.randint(0, 60, (150, 1, 8, 8), generator=g)).to(torch.uint8)
-    spec = SPECS["digits"]
+    spec = dataclasses.replace(SPECS["digits"], crop_padding=1, flip=True)  # augmenting: drift_augment reads it
     tasks = [range(0, 3), range(3, 5)]
     bench = Benchmark(spec, TensorImages(images, labels, spec, "cpu"), None, list(range(5)), tasks)
     config = Config(batch_size=32)

@@ -62,7 +62,7 @@ def test_pick_fastest_takes_the_faster_precision_of_each_phase():
                "bf16": {"base": 0.0143, "rrl": 0.0496, "refine": 0.0178, "inversion": 0.0425, "train": 0.02}}
     assert pick_fastest(seconds) == {"base": "bf16", "train": "fp32", "rrl": "fp32", "refine": "fp32",
                                      "inversion": "fp32"}  # the issue's H100 numbers; a tie keeps fp32
-    assert list(pick_fastest(seconds)) == list(PHASES)
+    assert list(pick_fastest(seconds)) == [p for p in PHASES if p in seconds["fp32"]]  # in PHASES' order
     assert pick_fastest({"fp32": {"rrl": 2.0}, "bf16": {"rrl": 1.0}}) == {"rrl": "bf16"}
 
 

@@ -74,13 +74,14 @@ class ADC(LwFPrototypes):
     citation = "Goswami et al., CVPR 2024"
     faithful = ("the authors' code: LwF on a cosine head (lamda 10, T 2), NCM on prototypes, 3 attack steps "
                 "(alpha 25, batch-normalised gradient) on the 100 nearest current images per old class; the "
-                "attack's images unaugmented; AutoAugment not reproduced")
+                "attack's images augmented as the authors' train loader gives them (`drift_augment`); AutoAugment "
+                "not reproduced")
     keys = LwFPrototypes.keys | {"adc_alpha", "adc_steps", "adc_samples"}
 
     def compensate(self, task: Task, prototypes: torch.Tensor, batches, reduce) -> torch.Tensor:
         c = self.config
         images, features = [], []
-        for x, _ in batches(shard=False):
+        for x, _ in batches(shard=False, augment=c.drift_augment):
             images.append(x)
             features.append(self.old_model.features(x).float())
         images = torch.cat(images)

@@ -195,6 +195,8 @@ class Method:
         ``(x, y)``: no augmentation, a fixed order, ``batch_size`` images, remapped labels, on
         the run's device; under torchrun this process's shard of each batch (``batches(shard=
         False)``: every image on every process, e.g. for a feature matrix every process needs).
+        ``batches(augment=True)``: the same images with the training augmentation (where the
+        run augments), a fresh draw on each call, the same in every process.
         ``reduce(t)`` sums ``t`` over the processes (the identity in one process): build
         statistics from sums (counts, feature sums, outer products) so that two processes give
         what one gives. What it computes goes in :meth:`state_dict` so that a resumed run has it."""

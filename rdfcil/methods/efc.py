@@ -147,9 +147,10 @@ class EFC(Method):
     name, label, color, rank = "efc", "EFC", "#994455", 70
     family, citation = "drift", "Magistri et al., ICLR 2024"
     faithful = ("EFM regulariser (lambda 10, eta 0.1), PR-ACE on Gaussian prototypes, EFM-weighted drift update "
-                "(sigma 0.2), frozen BatchNorm and Adam as the authors' code; statistics on unaugmented images")
+                "(sigma 0.2), frozen BatchNorm and Adam as the authors' code; statistics on augmented images (`drift_augment`)")
     preset_source = "efc"
-    keys = frozenset({"efc_lamb", "efc_damping", "efc_protoupdate", "efc_protobatch", "efc_self_rotation"})
+    keys = frozenset({"efc_lamb", "efc_damping", "efc_protoupdate", "efc_protobatch", "efc_self_rotation",
+                      "drift_augment"})
     keeps_old_model = True
     classifier = "linear head"
     trains_old_heads = True  # EFC++: only the new head trains with the backbone
@@ -257,7 +258,7 @@ class EFC(Method):
     def old_and_new_features(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every image of the task under the previous and the current model: (N, d), (N, d), (N,)."""
         old, new, labels = [], [], []
-        for x, y in batches(shard=False):
+        for x, y in batches(shard=False, augment=self.config.drift_augment):
             old.append(self.old_model.features(x).float())
             new.append(self.model.features(x).float())
             labels.append(y)
@@ -278,7 +279,7 @@ class EFC(Method):
         squares = torch.zeros(n, d, d, dtype=torch.float64, device=device)
         efm = torch.zeros(d, d, dtype=torch.float64, device=device)
         weight = self.model.head.weight
-        for x, y in batches():
+        for x, y in batches(augment=self.config.drift_augment):
             row = y - task.n_old
             f = self.model.features(x).double()
             count.index_add_(0, row, torch.ones_like(row, dtype=torch.float64))

@@ -44,9 +44,9 @@ class EFCPlusPlus(EFC):
     family, citation = "drift", "Magistri et al., arXiv 2503.10439, 2025"
     faithful = ("EFM regulariser with the new head alone, EFM-weighted drift update, head re-balancing on current "
                 "features and Gaussian samples (SGD lr 1e-3, 50 epochs, batch 256) as the authors' code; statistics "
-                "and re-balancing features from unaugmented images")
+                "on augmented images (`drift_augment`), the re-balancing's current features from one such pass")
     keys = frozenset({"efc_lamb", "efc_damping", "efc_protoupdate", "efc_self_rotation", "efcpp_balance_epochs",
-                      "efcpp_balance_lr", "efcpp_balance_batch", "efcpp_balance_weight_decay"})
+                      "efcpp_balance_lr", "efcpp_balance_batch", "efcpp_balance_weight_decay", "drift_augment"})
 
     def __init__(self, config, model, spec):
         super().__init__(config, model, spec)

@@ -62,7 +62,7 @@ class LwFPrototypes(Method):
     head = "cosine"
     keeps_old_model = True
     keys = frozenset({"drift_lamda", "kd_temperature", "drift_epochs", "drift_milestones", "drift_weight_decay",
-                      "sdc", "sdc_sigma"})
+                      "sdc", "sdc_sigma", "drift_augment"})
 
     def __init__(self, config, model, spec):
         super().__init__(config, model, spec)
@@ -105,7 +105,7 @@ class LwFPrototypes(Method):
         (:func:`sdc_displacement`, the authors' ``displacement``)."""
         moved = torch.zeros_like(prototypes, dtype=torch.float64)
         weights = torch.zeros(len(prototypes), dtype=torch.float64, device=prototypes.device)
-        for x, _ in batches():
+        for x, _ in batches(augment=self.config.drift_augment):
             m, w = sdc_displacement(self.old_model.features(x), self.model.features(x), prototypes,
                                     self.config.sdc_sigma)
             moved, weights = moved + m, weights + w
