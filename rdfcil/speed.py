@@ -281,9 +281,15 @@ def time_inversion(method, config, spec, device, timer, precision, steps) -> dic
                 "inversion_part_old_model_s": timer(old_only, steps), "inversion_batch": batch}
 
 
+# The phases the speed benchmark times: those of the paper's methods (R-DFCIL's table). The
+# head-only phases of the later families (``head``, ``balance``, ``projector`` in
+# :data:`precision.PHASES`) train a linear layer on stored features, a small share of a run.
+TIMED_PHASES = ("base", "train", "rrl", "refine", "inversion")
+
+
 def each_phase(config, bench, device, precision: str, measure, fresh_batches: bool = False,
                channels_last: bool = True) -> dict:
-    """``{phase: measure(phase, step)}`` for every phase of :data:`precision.PHASES` at
+    """``{phase: measure(phase, step)}`` for every phase of :data:`TIMED_PHASES` at
     ``precision``, ``step()`` running one step through the run's own step function: ``base``
     (task 0), ``train`` (ABD's incremental step, the other method of the paper's table),
     R-DFCIL's ``rrl`` and ``refine`` (task 1), and an ``inversion`` step against the frozen

@@ -30,7 +30,8 @@ def test_bench_speed_writes_every_measure(tmp_path, capsys, forward):
 
 def test_pick_precision_times_every_phase_both_ways_and_prints_the_flag(tmp_path, capsys):
     from rdfcil.config import resolve
-    from rdfcil.precision import PHASES, pick_fastest
+    from rdfcil.precision import pick_fastest
+    from rdfcil.speed import TIMED_PHASES as PHASES
     result = bench_speed("digits", {"device": TEST_DEVICE}, str(tmp_path), steps=1, workers=0, precision_per_phase=True)
     p = result["precision_per_phase"]
     assert sorted(p["seconds"]) == ["bf16", "fp32"]
@@ -53,8 +54,7 @@ def test_each_phase_runs_the_runs_own_steps_on_fresh_batches():
     import torch
     from rdfcil.config import resolve
     from rdfcil.data import load_benchmark
-    from rdfcil.precision import PHASES
-    from rdfcil.speed import each_phase
+    from rdfcil.speed import TIMED_PHASES as PHASES, each_phase
     config = resolve({"dataset": "digits", "preset": "quick", "device": TEST_DEVICE, "batch_size": 32,
                       "inversion_batch_size": 16, "z_dim": 16, "generator_width": 8, "backbone": "resnet8"})
     bench = load_benchmark(config, TEST_DEVICE)
