@@ -7,7 +7,7 @@ end to end on the paper preset with a short budget, R-DFCIL again with whole-ste
 pipeline), a run killed with SIGKILL after its first task and resumed, bench-speed in fp32 and
 bf16, every phase's step timed both ways under graphs (the faster precision of each, for
 ``phase_precision``), on CUDA every phase's step under ``torch.cuda.set_sync_debug_mode("error")``
-(no host sync inside a step), and the reproduce notebook through papermill. Each step is timed and reported as
+(no host sync inside a step), and the reproduce notebook through papermill (Finetune and R-DFCIL, one class order). Each step is timed and reported as
 ``pass`` or its one-line error; the exit status is 1 if any step failed.
 
 Budgets: ``full`` (the default on CUDA; fits in 10 minutes on one GPU) and ``small`` (the
@@ -234,7 +234,7 @@ def notebook_step(device: str, root: Path, work: Path, budget: str):
     papermill.execute_notebook(
         str(notebook), str(work / "reproduce.ipynb"), kernel_name="python3", progress_bar=False,
         cwd=str(work), parameters={"dataset": "cifar100", "methods": ["finetune", "rdfcil"],
-                                   "task_counts": [SPLIT["num_tasks"]],
+                                   "task_counts": [SPLIT["num_tasks"]], "class_orders": [0],
                                    "first_task_classes": SPLIT["first_task_classes"], "seeds": [0],
                                    "preset": "paper", "overrides": overrides, "data_root": str(root),
                                    "device": device, "out_dir": str(work / "notebook-runs"),

@@ -1,11 +1,59 @@
 """Shared test settings. ``RDFCIL_TEST_DEVICE`` (default ``cpu``) is the device of every
-end-to-end test: ``RDFCIL_TEST_DEVICE=cuda make test`` runs the suite on a GPU."""
+end-to-end test: ``RDFCIL_TEST_DEVICE=cuda make test`` runs the suite on a GPU.
+
+``python -m rdfcil check`` (a few minutes, one core) runs in the background from the end of
+collection, at a lower priority, beside the other tests, which mostly keep one core busy; its
+test goes last and reads what it wrote (:func:`background_check`)."""
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 TEST_DEVICE = os.environ.get("RDFCIL_TEST_DEVICE", "cpu")
+CHECK_TEST = "test_check_passes_every_step_and_prints_one_table"
+CHECK = pytest.StashKey[tuple]()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The test of the background check goes last, so that the check runs beside the others."""
+    items[:] = [i for i in items if i.name != CHECK_TEST] + [i for i in items if i.name == CHECK_TEST]
+
+
+def pytest_collection_finish(session):
+    """Start ``python -m rdfcil check --device TEST_DEVICE`` (niced, one CPU thread) if its test
+    was collected; its output goes to files in its folder, which the test reads."""
+    if not any(item.name == CHECK_TEST for item in session.items):
+        return
+    out = Path(tempfile.mkdtemp(prefix="rdfcil-check-test-"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    with open(out / "stdout.txt", "w") as stdout, open(out / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "rdfcil", "check", "--device", TEST_DEVICE,
+                                    "--out", str(out / "check")], stdout=stdout, stderr=stderr, env=env,
+                                   preexec_fn=lambda: os.nice(5))
+    session.config.stash[CHECK] = (process, out)
+
+
+def pytest_sessionfinish(session):
+    process, out = session.config.stash.get(CHECK, (None, None))
+    if process is not None:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture
+def background_check(request) -> tuple:
+    """``(exit status, stdout, stderr, folder)`` of the check started at the end of collection,
+    once it has finished (at most 25 minutes)."""
+    process, out = request.config.stash[CHECK]
+    returncode = process.wait(timeout=1500)
+    return returncode, (out / "stdout.txt").read_text(), (out / "stderr.txt").read_text(), out / "check"
 
 
 @pytest.fixture

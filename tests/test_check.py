@@ -2,7 +2,6 @@
 stand-in data it writes loads through the real loaders in their official layouts."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -43,12 +42,12 @@ def test_standin_classes_are_learnable_by_their_means(tmp_path):
     assert (predicted == yte).float().mean() > 0.5
 
 
-def test_check_passes_every_step_and_prints_one_table(tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "rdfcil", "check", "--device", TEST_DEVICE, "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=1500)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads((tmp_path / "check.json").read_text())
+def test_check_passes_every_step_and_prints_one_table(background_check):
+    """``python -m rdfcil check --device TEST_DEVICE``, started in the background when the tests
+    were collected (conftest.py), finished."""
+    returncode, stdout, stderr, folder = background_check
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
+    report = json.loads((folder / "check.json").read_text())
     names = [s["name"] for s in report["steps"]]
     assert len(names) == 14 and all(s["ok"] for s in report["steps"]), names
     for method in ("finetune", "joint", "lwf", "deepinversion", "abd", "rdfcil"):
@@ -63,8 +62,8 @@ def test_check_passes_every_step_and_prints_one_table(tmp_path):
     pick = steps["precision per phase, graphs: true"]["data"]
     assert pick["graphs"] is True and set(pick["pick"].values()) <= {"fp32", "bf16"}
     assert list(pick["pick"]) == ["base", "train", "rrl", "refine", "inversion"]
-    table = done.stdout[done.stdout.index("| step |"):]
-    assert table.count("| pass |") == 14 and "14 of 14 steps passed" in done.stdout
+    table = stdout[stdout.index("| step |"):]
+    assert table.count("| pass |") == 14 and "14 of 14 steps passed" in stdout
 
 
 def test_check_refuses_extra_options():
