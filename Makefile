@@ -37,7 +37,7 @@ browser:
 	@bash .ci/fetch-chromium
 
 test: setup browser
-	$(PY) -m pytest --nbval-lax --durations=25 tests notebooks
+	OMP_NUM_THREADS=1 $(PY) -m pytest --nbval-lax --durations=25 tests notebooks
 
 # Executed copies of the notebooks (their runs reused from runs/notebooks when present).
 RUN_NOTEBOOKS = mkdir -p build/notebooks && for nb in notebooks/reproduce.ipynb notebooks/0*.ipynb; do echo "== executing $$nb"; \

@@ -3,7 +3,9 @@ end-to-end test: ``RDFCIL_TEST_DEVICE=cuda make test`` runs the suite on a GPU.
 
 ``python -m rdfcil check`` (a few minutes, one core) runs in the background from the end of
 collection, at a lower priority, beside the other tests, which mostly keep one core busy; its
-test goes last and reads what it wrote (:func:`background_check`)."""
+test goes last and reads what it wrote (:func:`background_check`). ``make test`` runs pytest at
+one CPU thread (``OMP_NUM_THREADS=1``), so that the two never oversubscribe the cores: a
+two-thread operator waits for its slower thread."""
 
 import os
 import shutil
