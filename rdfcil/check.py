@@ -7,8 +7,9 @@ end to end on the paper preset with a short budget, R-DFCIL again with whole-ste
 pipeline), a run killed with SIGKILL after its first task and resumed, bench-speed in fp32 and
 bf16, every phase's step timed both ways under graphs (the faster precision of each, for
 ``phase_precision``), on CUDA every phase's step under ``torch.cuda.set_sync_debug_mode("error")``
-(no host sync inside a step), and the reproduce notebook through papermill (Finetune and R-DFCIL, one class order). Each step is timed and reported as
-``pass`` or its one-line error; the exit status is 1 if any step failed.
+(no host sync inside a step), and the reproduce notebook through papermill (Finetune and
+R-DFCIL, one class order). Each step is timed and reported as ``pass`` or its one-line error;
+the exit status is 1 if any step failed.
 
 Budgets: ``full`` (the default on CUDA; fits in 10 minutes on one GPU) and ``small`` (the
 default elsewhere; a few minutes on a 2-core CPU).
